@@ -94,7 +94,8 @@ class KeepaliveConfig:
       count: ``TCP_KEEPCNT``.
       user_timeout: ``TCP_USER_TIMEOUT`` in seconds (millisecond
         resolution), or ``None`` to leave the kernel's default. Defaults to
-        ``idle + interval * count``.
+        ``idle + interval * count`` (``None`` if that exceeds the kernel's
+        limit of 2**31 - 1 ms).
 
     Raises:
       ConfigError: naming the field and the value, for a value that is not
@@ -107,7 +108,7 @@ class KeepaliveConfig:
     interval: int = attrs.field(default=10, validator=_whole_seconds(MAX_KEEPINTVL))
     count: int = attrs.field(default=3, validator=_count)
     user_timeout: float | None = attrs.field(
-        default=attrs.Factory(lambda self: self.probing_time, takes_self=True),
+        default=attrs.Factory(lambda self: _default_user_timeout(self), takes_self=True),
         validator=_user_timeout,
     )
 
@@ -125,6 +126,15 @@ class KeepaliveConfig:
     def probing_time(self) -> float:
         """Seconds from the last data until keepalive declares an idle peer dead."""
         return float(self.idle + self.interval * self.count)
+
+
+def _default_user_timeout(config: KeepaliveConfig) -> float | None:
+    # Runs before the validators: a bad idle/interval/count is theirs to report.
+    try:
+        probing = config.probing_time
+    except TypeError:
+        return None
+    return probing if probing <= MAX_USER_TIMEOUT else None
 
 
 @final

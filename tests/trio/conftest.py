@@ -29,7 +29,7 @@ StartServer = Callable[..., Awaitable[trioheart.Server]]
 
 @pytest.fixture
 def start_server(nursery: trio.Nursery) -> StartServer:
-    """``await start_server(handler, **serve_kwargs)`` runs trioheart.serve in the test's nursery."""
+    """``await start_server(handler, **kwargs)``: trioheart.serve in the test's nursery."""
 
     async def start(
         handler: Callable[[trioheart.Connection], Awaitable[Any]], **kwargs: Any

@@ -13,7 +13,7 @@ import trio
 from trio.testing import MockClock
 
 import trioheart
-from trioheart import CloseReason, ConnectionConfig, DetectorConfig
+from trioheart import ConnectionConfig, DetectorConfig
 
 from .conftest import StartServer, echo, idle
 from .wsclient import connect
@@ -37,8 +37,7 @@ def closed_events(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def wait_all_closed(server: trioheart.Server) -> None:
     with trio.fail_after(120):
-        while server.connections or not server.statistics().closed:
-            await trio.sleep(0.01)
+        await server.wait_until(lambda s: s.connections_open == 0 and bool(s.closed))
 
 
 def masked_frame(opcode_byte: int, payload: bytes) -> bytes:
@@ -348,8 +347,7 @@ async def test_shutdown_is_bounded_when_peers_never_answer(
     config = ConnectionConfig(close_timeout=2)
     server = await start_server(idle, config=config)
     async with connect(server.port, answer_pings=False):  # never reads: no close echo
-        while not server.connections:
-            await trio.sleep(0.01)
+        await server.wait_until(lambda s: s.connections_open == 1)
         start = trio.current_time()
         await server.aclose(drain_timeout=5)
         assert trio.current_time() - start <= 5.1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -85,19 +85,16 @@ class RawClient:
             elif isinstance(event, CloseConnection):
                 self.close = event
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
-                    try:
+                    with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                         await self.stream.send_all(self.ws.send(event.response()))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
                 return False
         return True
 
     async def receive(self) -> str | bytes:
         """The next message (pumping as needed); raises EOFError when the connection ended."""
         while not self.messages:
-            if not await self.pump():
-                if not self.messages:
-                    raise EOFError(self.close)
+            if not await self.pump() and not self.messages:
+                raise EOFError(self.close)
         return self.messages.pop(0)
 
     async def run_until_closed(self) -> CloseConnection | None:

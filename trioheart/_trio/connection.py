@@ -120,6 +120,7 @@ class Connection:
         "_partial_size",
         "_peer_close_code",
         "_pending",
+        "_pong_lot",
         "_proto",
         "_read_scope",
         "_stream",
@@ -211,6 +212,7 @@ class Connection:
         self._handler_scope: trio.CancelScope | None = None
         self._read_scope: trio.CancelScope | None = None
         self._writer_lot: trio.lowlevel.ParkingLot | None = None
+        self._pong_lot: trio.lowlevel.ParkingLot | None = None
 
     # ------------------------------------------------------------------
     # Public API
@@ -323,6 +325,23 @@ class Connection:
         """Start closing with *reason*, without waiting. The first reason wins."""
         self._begin_close(reason, detail=detail)
 
+    async def wait_pong(self) -> float:
+        """Wait for the next pong that answers the heartbeat's ping; return its RTT.
+
+        Raises:
+          ConnectionClosed: if the connection ends first.
+        """
+        if self._close_reason is not None:
+            raise self._closed_error()
+        if self._pong_lot is None:
+            self._pong_lot = trio.lowlevel.ParkingLot()
+        await self._pong_lot.park()
+        if self._close_reason is not None:
+            raise self._closed_error()
+        rtt = self._detector.statistics().last_rtt
+        assert rtt is not None
+        return rtt
+
     async def wait_closed(self) -> CloseReason:
         """Wait until the connection has fully closed; return why."""
         await self._closed_event.wait()
@@ -390,6 +409,8 @@ class Connection:
         if self._handler_scope is not None:
             self._handler_scope.deadline = min(self._handler_scope.deadline, self._app_grace(now))
         self._inbox_lot.unpark_all()
+        if self._pong_lot is not None:
+            self._pong_lot.unpark_all()
 
     def _app_grace(self, now: float) -> float:
         """Until when the application may run after the close began.
@@ -570,7 +591,9 @@ class Connection:
             return True
         if state is ConnectionState.REMOTE_CLOSING:
             self._peer_close_code = int(event.code)
-            self._begin_close(CloseReason.PEER_CLOSED, code=int(event.code), detail=event.reason or "")
+            self._begin_close(
+                CloseReason.PEER_CLOSED, code=int(event.code), detail=event.reason or ""
+            )
             return True
         # CLOSED: the peer answered our close frame.
         self._peer_close_code = int(event.code)
@@ -580,9 +603,13 @@ class Connection:
         if len(payload) != 8:
             return
         rtt = self._detector.on_pong(now, int.from_bytes(payload, "big"))
-        if rtt is not None and self._metrics is not None:
+        if rtt is None:
+            return
+        if self._metrics is not None:
             self._metrics.pongs_received.inc()
             self._metrics.rtt.observe(rtt)
+        if self._pong_lot is not None:
+            self._pong_lot.unpark_all()
 
     def _on_message(self, event: Message[Any], now: float) -> bool:
         size = len(event.data)

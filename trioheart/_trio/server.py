@@ -80,6 +80,7 @@ class Server:
         self._accept_scope: trio.CancelScope | None = None
         self._connections_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
+        self._changed = trio.lowlevel.ParkingLot()
 
     @property
     def port(self) -> int:
@@ -99,6 +100,15 @@ class Server:
             connections_accepted=self._accepted,
             closed=dict(self._closed),
         )
+
+    async def wait_until(self, predicate: Callable[[ServerStatistics], bool]) -> None:
+        """Wait until *predicate* holds for :meth:`statistics`.
+
+        Checked now and again each time a connection opens or closes, e.g.
+        ``await server.wait_until(lambda s: s.connections_open == 0)``.
+        """
+        while not predicate(self.statistics()):
+            await self._changed.park()
 
     async def aclose(self, *, drain_timeout: float | None = None) -> None:
         """Stop accepting and close every connection with ``server_shutdown`` (1001).
@@ -123,6 +133,7 @@ class Server:
 
     def _count_close(self, reason: CloseReason, lifetime: float | None) -> None:
         self._closed[reason.value] += 1
+        self._changed.unpark_all()
         if lifetime is None and self.metrics is not None:
             self.metrics.connection_closed(reason.value, None)
 
@@ -152,6 +163,7 @@ class Server:
         )
         self._accepted += 1
         self._connections.add(conn)
+        self._changed.unpark_all()
         try:
             await conn.run(self._handler)
         finally:

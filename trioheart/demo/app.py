@@ -112,9 +112,7 @@ class ChatApp:
         """The chat page and the metrics."""
         if request.path == "/":
             page = importlib.resources.files(__package__).joinpath("static/chat.html")
-            return HttpResponse(
-                body=page.read_bytes(), content_type="text/html; charset=utf-8"
-            )
+            return HttpResponse(body=page.read_bytes(), content_type="text/html; charset=utf-8")
         if request.path == "/metrics":
             return HttpResponse(
                 body=self.metrics.render(), content_type=trioheart.prometheus.CONTENT_TYPE
