@@ -44,8 +44,14 @@ def _quiet_structlog() -> None:
     Tests that check events use ``structlog.testing.capture_logs()``, which
     replaces this configuration while it is active.
     """
-    import logging
-
     import structlog
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    def drop_below_warning(logger: object, method: str, event: dict[str, object]) -> object:
+        if method in {"debug", "info"}:
+            raise structlog.DropEvent
+        return event
+
+    structlog.configure(
+        processors=[drop_below_warning, *structlog.get_config()["processors"]],
+        wrapper_class=structlog.BoundLogger,
+    )
