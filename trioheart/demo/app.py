@@ -135,36 +135,38 @@ async def run_demo(
     metrics = Metrics()
     app = ChatApp(metrics)
     log = trioheart.log.get_logger("trioheart.demo")
-    async with trio.open_nursery() as nursery:
-        server: trioheart.Server = await nursery.start(
-            lambda task_status: trioheart.serve(
-                app.handle,
-                host,
-                port,
-                config=config,
-                http_handler=app.http,
-                websocket_paths=["/ws"],
-                metrics=metrics,
-                task_status=task_status,
+    # Listen for signals before announcing, so a Ctrl-C right after the
+    # banner still shuts down gracefully.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server: trioheart.Server = await nursery.start(
+                lambda task_status: trioheart.serve(
+                    app.handle,
+                    host,
+                    port,
+                    config=config,
+                    http_handler=app.http,
+                    websocket_paths=["/ws"],
+                    metrics=metrics,
+                    task_status=task_status,
+                )
             )
-        )
-        base = f"{host}:{server.port}" if ":" not in host else f"[{host}]:{server.port}"
-        urls = {
-            "chat": f"http://{base}/",
-            "websocket": f"ws://{base}/ws?room=lobby&name=you",
-            "metrics": f"http://{base}/metrics",
-        }
-        log.info("demo.started", **urls)
-        if announce:
-            print(
-                "trioheart demo\n"
-                + "".join(f"  {name:<10} {url}\n" for name, url in urls.items())
-                + "Ctrl-C stops it.",
-                file=sys.stderr,
-                flush=True,
-            )
-        task_status.started(server)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            base = f"{host}:{server.port}" if ":" not in host else f"[{host}]:{server.port}"
+            urls = {
+                "chat": f"http://{base}/",
+                "websocket": f"ws://{base}/ws?room=lobby&name=you",
+                "metrics": f"http://{base}/metrics",
+            }
+            log.info("demo.started", **urls)
+            if announce:
+                print(
+                    "trioheart demo\n"
+                    + "".join(f"  {name:<10} {url}\n" for name, url in urls.items())
+                    + "Ctrl-C stops it.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            task_status.started(server)
             async for signum in signals:
                 log.info("demo.stopping", signal=signal.Signals(signum).name)
                 await server.aclose()
