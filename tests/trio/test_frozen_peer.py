@@ -37,6 +37,8 @@ async def test_sigstopped_client_is_closed_as_pong_timeout_within_the_bound(
         assert process.stdout is not None
         with trio.fail_after(15):
             assert (await process.stdout.receive_some(100)).startswith(b"connected")
+            # The client may print before the server has registered it.
+            await server.wait_until(lambda s: s.connections_open == 1)
             [conn] = server.connections
             # Healthy first: the client's pongs come back.
             for _ in range(2):

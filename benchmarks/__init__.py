@@ -1,0 +1,1 @@
+"""Benchmarks: runnable programs that measure trioheart against its peers."""
