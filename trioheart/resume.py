@@ -624,6 +624,10 @@ def _length_prefixed(*parts: str) -> bytes:
     return bytes(out)
 
 
+def _encode_token(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
 def _check_key(field: str, key: object) -> bytes:
     if not isinstance(key, bytes | bytearray) or len(key) < _MIN_KEY_BYTES:
         shown = f"{len(key)} bytes" if isinstance(key, bytes | bytearray) else type(key).__name__
@@ -699,7 +703,7 @@ class ResumeServer:
         expires_at = now + self._ttl
         body = _TOKEN_BODY.pack(_TOKEN_VERSION, session_id, expires_at, since_seq)
         mac = self._mac(self._keys[0], body, room=room, epoch=epoch, identity=identity)
-        token = base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode("ascii")
+        token = _encode_token(body + mac)
         return Session(
             id=session_id.hex(),
             room=room,
@@ -719,8 +723,8 @@ class ResumeServer:
             raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             return None
-        if len(raw) != _TOKEN_BYTES:
-            return None
+        if len(raw) != _TOKEN_BYTES or _encode_token(raw) != token:
+            return None  # the length, and only the canonical spelling of those bytes
         body, mac = raw[: _TOKEN_BODY.size], raw[_TOKEN_BODY.size :]
         genuine = False
         for key in self._keys:  # every key, always: the time taken does not say which matched
@@ -795,8 +799,9 @@ class ResumeServer:
            refused ``invalid_token``;
         4. the token has not expired, else reset ``token_expired``;
         5. ``since_seq <= seq <= last_seq``, else refused ``invalid_seq``;
-        6. the log (trimmed at *now*) still holds every message after seq,
-           else reset ``trimmed``;
+        6. the log still holds every message after seq, else reset
+           ``trimmed`` (the log is trimmed to its bounds at *now* first,
+           whatever the outcome);
 
         and then the resume is accepted with the replay of ``seq + 1 ..
         last_seq`` and a renewed token. A reset carries a fresh session, so
@@ -814,6 +819,7 @@ class ResumeServer:
         now = _check_now(now)
         _check_name("room", room)
         _check_name("identity", identity)
+        log.trim(now=now)  # first, so no outcome hands out what the bounds already dropped
         parsed = _parse_request(request)
         if isinstance(parsed, str):
             return self._refuse(RefuseReason.MALFORMED, parsed)
@@ -836,7 +842,6 @@ class ResumeServer:
                 RefuseReason.INVALID_SEQ,
                 f"seq {parsed.seq} is outside what this session can have",
             )
-        log.trim(now=now)
         replay = log.since(parsed.seq)
         if replay is None:
             return self._reset(ResetReason.TRIMMED, log, room=room, identity=identity, now=now)
