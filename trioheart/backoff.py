@@ -49,13 +49,13 @@ _CLOSE_TEXT_MAX: Final = 123  # bytes of reason text a close frame can carry
 class Jitter(enum.StrEnum):
     """How a delay is randomised around the exponential curve."""
 
-    #: No randomness: ``v``. Every client of a herd comes back together.
+    #: No randomness, ``v``. Every client of a herd comes back together.
     NONE = "none"
-    #: ``v / 2 + U(0, v / 2)``: never shorter than half the curve.
+    #: Half the curve plus up to half again, ``v / 2 + U(0, v / 2)``.
     EQUAL = "equal"
-    #: ``U(0, v)``: the AWS study's recommendation, and our default.
+    #: Anywhere up to the curve, ``U(0, v)``. The AWS study's choice, and our default.
     FULL = "full"
-    #: ``min(cap, U(base, 3 * previous))``: grows from the previous delay, not the attempt.
+    #: Grows from the previous delay, not the attempt, ``min(cap, U(base, 3 * previous))``.
     DECORRELATED = "decorrelated"
 
 
@@ -216,7 +216,7 @@ class Retrier:
 
     @property
     def give_up_at(self) -> float | None:
-        """No retry starts after this time (``None``: no deadline)."""
+        """No retry starts after this time; ``None`` when there is no deadline."""
         deadline = self._policy.deadline
         return None if deadline is None else self._started_at + deadline
 

@@ -222,7 +222,7 @@ class LogEntry:
     at: float
     #: The exact wire text, ``"seq"`` included; replay sends these bytes.
     text: str
-    #: ``len(text.encode())``: what it counts against :attr:`LogLimits.max_bytes`.
+    #: What it counts against :attr:`LogLimits.max_bytes`, ``len(text.encode())``.
     size: int
 
 
@@ -394,7 +394,7 @@ class ResetReason(enum.StrEnum):
     #: The log no longer holds every message after the client's seq
     #: (:class:`LogLimits` dropped one by count, bytes or age).
     TRIMMED = "trimmed"
-    #: The client's epoch is not the log's: the server restarted or the room's
+    #: The client's epoch is not the log's. The server restarted or the room's
     #: log was made anew, so its seq numbers mean nothing here.
     EPOCH_CHANGED = "epoch_changed"
     #: The token was genuine but its lifetime is over.
@@ -435,19 +435,20 @@ class Session:
     identity: str
     #: The epoch of the room log the session started in.
     epoch: str
-    #: The room's head when the session started: the session may resume from
+    #: The room's head when the session started. The session may resume from
     #: here on, never from before (it must not read history it never had).
     since_seq: int
-    #: When the token was issued and when it stops working (caller's clock).
+    #: When the token was issued (caller's clock).
     issued_at: float
+    #: When the token stops working (caller's clock).
     expires_at: float
-    #: The opaque token the client presents to resume (a bearer secret: kept
-    #: out of ``repr`` so it does not end up in logs).
+    #: The opaque token the client presents to resume. A bearer secret, so it
+    #: is kept out of ``repr`` and does not end up in logs.
     token: str = attrs.field(repr=False)
 
     @property
     def refresh_at(self) -> float:
-        """When to send the client a fresh token: halfway through its lifetime."""
+        """When to send the client a fresh token, halfway through its lifetime."""
         return self.issued_at + (self.expires_at - self.issued_at) / 2
 
     def token_message(self) -> str:
@@ -466,7 +467,7 @@ class NewSession:
 
     @property
     def goes_live(self) -> bool:
-        """Always ``True``: the subscriber is in the room."""
+        """Always ``True``; the subscriber is in the room."""
         return True
 
     def messages(self) -> tuple[str, ...]:
@@ -491,7 +492,7 @@ class ResumeAccepted:
 
     @property
     def goes_live(self) -> bool:
-        """Always ``True``: the subscriber is in the room."""
+        """Always ``True``; the subscriber is in the room."""
         return True
 
     def messages(self) -> tuple[str, ...]:
@@ -521,7 +522,7 @@ class ResumeReset:
 
     @property
     def goes_live(self) -> bool:
-        """Always ``True``: the subscriber is in the room, on a fresh session."""
+        """Always ``True``; the subscriber is in the room, on a fresh session."""
         return True
 
     @property
@@ -551,7 +552,7 @@ class ResumeRefused:
 
     @property
     def goes_live(self) -> bool:
-        """Always ``False``: the subscriber is not in the room."""
+        """Always ``False``; the subscriber is not in the room."""
         return False
 
     @property
@@ -1013,17 +1014,17 @@ class Room(Generic[T]):
 class ClientState(enum.Enum):
     """Where a :class:`ResumeClient` stands on its current connection."""
 
-    #: No connection: call :meth:`ResumeClient.start_connection`.
+    #: No connection; call :meth:`ResumeClient.start_connection`.
     IDLE = "idle"
     #: A fresh connection is open; waiting for ``hello``.
     AWAITING_HELLO = "awaiting_hello"
     #: A ``resume`` was sent; waiting for ``resumed``, ``reset`` or ``refused``.
     RESUMING = "resuming"
-    #: In the room: sequenced messages are delivered, deduplicated.
+    #: In the room; sequenced messages are delivered, deduplicated.
     LIVE = "live"
     #: The server refused the resume and will close; the next connection is fresh.
     REFUSED = "refused"
-    #: A gap was seen: close this connection and open a new one, which resumes
+    #: A gap was seen. Close this connection and open a new one, which resumes
     #: from the last message delivered; nothing more is delivered from this one.
     BROKEN = "broken"
 
@@ -1039,7 +1040,7 @@ class SessionStarted:
 
     session: str
     epoch: str
-    #: The room's head at the start: the application gets ``seq + 1`` onwards.
+    #: The room's head at the start; the application gets ``seq + 1`` onwards.
     seq: int
 
 
@@ -1112,9 +1113,11 @@ class ClientStatistics:
     duplicates: int
     #: Gaps detected (each leads to a reconnect).
     gaps: int
-    #: Fresh sessions (hellos), resumes accepted, and resyncs required.
+    #: Fresh sessions (hellos).
     sessions: int
+    #: Resumes accepted.
     resumes: int
+    #: Resyncs required (resets and refusals).
     resyncs: int
 
 
