@@ -52,6 +52,11 @@ class CloseReason(enum.StrEnum):
     SERVER_SHUTDOWN = "server_shutdown"
     #: A bug on this side: the handler raised, or trioheart itself failed.
     INTERNAL_ERROR = "internal_error"
+    #: The client asked to resume with a request the server refused
+    #: (malformed, a forged or foreign token, an impossible seq); the
+    #: ``refused`` message before the close says which. The client should
+    #: reconnect without resuming.
+    RESUME_REFUSED = "resume_refused"
 
     @property
     def code(self) -> int:
@@ -102,4 +107,5 @@ _CODES: Final[dict[CloseReason, int]] = {
     CloseReason.SLOW_CONSUMER: 4008,
     CloseReason.SERVER_SHUTDOWN: 1001,
     CloseReason.INTERNAL_ERROR: 1011,
+    CloseReason.RESUME_REFUSED: 4009,
 }
