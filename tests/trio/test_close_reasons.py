@@ -424,3 +424,31 @@ async def test_plain_http_is_served_and_not_counted(
     assert response.startswith(b"HTTP/1.1 200")
     assert response.endswith(b"hello you")
     assert server.statistics().closed == {}
+
+
+async def test_shutdown_announces_when_to_come_back(
+    clock: MockClock, start_server: StartServer
+) -> None:
+    from trioheart.backoff import RetryWindow
+
+    server = await start_server(echo, config=FAST)
+    async with connect(server.port) as client:
+        await server.wait_until(lambda s: s.connections_open == 1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: server.aclose(retry_window=RetryWindow(earliest=2.0, latest=10.0))
+            )
+            close = await client.run_until_closed()
+    assert close is not None
+    assert close.code == 1001
+    assert trioheart.CloseReason.from_close_frame(close.code, close.reason or "") is (
+        trioheart.CloseReason.SERVER_SHUTDOWN
+    )
+    window = RetryWindow.from_close_text(close.reason or "")
+    assert window == RetryWindow(earliest=2.0, latest=10.0)
+
+
+def test_close_text_is_bounded() -> None:
+    conn = object.__new__(trioheart.Connection)
+    with pytest.raises(ValueError, match="at most 123 bytes"):
+        conn.close(text="x" * 124)

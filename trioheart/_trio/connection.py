@@ -106,6 +106,7 @@ class Connection:
         "_close_code",
         "_close_detail",
         "_close_reason",
+        "_close_text",
         "_closed_event",
         "_config",
         "_detector",
@@ -136,6 +137,7 @@ class Connection:
         "path",
         "query",
         "remote",
+        "shutdown_text",
         "tcp_info",
     )
 
@@ -205,6 +207,10 @@ class Connection:
         self._close_reason: CloseReason | None = None
         self._close_code = 0
         self._close_detail = ""
+        self._close_text = ""
+        #: The close frame text used for ``server_shutdown`` (the server sets
+        #: it to carry a retry window), or ``None`` for the reason's name.
+        self.shutdown_text: str | None = None
         self._peer_close_code: int | None = None
         self._close_at = float("inf")
         self._closed_event = trio.Event()
@@ -321,9 +327,26 @@ class Connection:
         self.close(reason)
         await self._closed_event.wait()
 
-    def close(self, reason: CloseReason = CloseReason.APP_CLOSED, detail: str = "") -> None:
-        """Start closing with *reason*, without waiting. The first reason wins."""
-        self._begin_close(reason, detail=detail)
+    def close(
+        self,
+        reason: CloseReason = CloseReason.APP_CLOSED,
+        detail: str = "",
+        *,
+        text: str | None = None,
+    ) -> None:
+        """Start closing with *reason*, without waiting. The first reason wins.
+
+        Args:
+          reason: Why; its :attr:`~trioheart.CloseReason.code` is the close code.
+          detail: Said in the ``connection.closed`` event, not on the wire.
+          text: The close frame's reason text (at most 123 bytes); defaults
+            to the reason's name. A text that starts with the name keeps
+            :meth:`CloseReason.from_close_frame` working, e.g. the drain hint
+            ``"server_shutdown; retry=2.0..10.0"``.
+        """
+        if text is not None and len(text.encode()) > 123:
+            raise ValueError(f"text must be at most 123 bytes in UTF-8; got {len(text.encode())}")
+        self._begin_close(reason, detail=detail, text=text)
 
     async def wait_pong(self) -> float:
         """Wait for the next pong that answers the heartbeat's ping; return its RTT.
@@ -386,11 +409,19 @@ class Connection:
                 await self._finish()
 
     def _begin_close(
-        self, reason: CloseReason, *, code: int | None = None, detail: str = ""
+        self,
+        reason: CloseReason,
+        *,
+        code: int | None = None,
+        detail: str = "",
+        text: str | None = None,
     ) -> None:
         """Record the first reason, queue the close frame, and wake who must know."""
         if self._close_reason is not None:
             return
+        if text is None and reason is CloseReason.SERVER_SHUTDOWN:
+            text = self.shutdown_text
+        self._close_text = text if text is not None else reason.value
         self._close_reason = reason
         self._close_code = code if code is not None else reason.code
         self._close_detail = detail
@@ -432,7 +463,7 @@ class Connection:
                     )
             elif self._proto.state is ConnectionState.OPEN:
                 self._pending += self._proto.send(
-                    CloseConnection(code=self._close_code, reason=reason.value)
+                    CloseConnection(code=self._close_code, reason=self._close_text)
                 )
         except LocalProtocolError:  # pragma: no cover - state checked above
             pass

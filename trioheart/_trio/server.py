@@ -14,6 +14,7 @@ from wsproto.connection import Connection as WSProtoConnection
 from wsproto.connection import ConnectionType
 from wsproto.utilities import generate_accept_token
 
+from ..backoff import RetryWindow
 from ..config import ConnectionConfig
 from ..http import HttpRequest, HttpResponse, websocket_key_problem
 from ..log import get_logger
@@ -64,8 +65,11 @@ class Server:
         websocket_paths: frozenset[str] | None,
         metrics: Any,
         drain_timeout: float,
+        retry_window: RetryWindow | None = None,
     ) -> None:
         self._handler = handler
+        #: The reconnect window announced when the server shuts down.
+        self.retry_window = retry_window
         #: The listeners accepting connections.
         self.listeners = list(listeners)
         self.config = config
@@ -110,15 +114,28 @@ class Server:
         while not predicate(self.statistics()):
             await self._changed.park()
 
-    async def aclose(self, *, drain_timeout: float | None = None) -> None:
+    async def aclose(
+        self, *, drain_timeout: float | None = None, retry_window: RetryWindow | None = None
+    ) -> None:
         """Stop accepting and close every connection with ``server_shutdown`` (1001).
 
         Each connection gets a close frame and up to ``close_timeout`` for
         the peer's answer; after *drain_timeout* (the server's default if
         ``None``) whatever is left is cancelled. Returns when every
         connection's task has ended.
+
+        Args:
+          drain_timeout: The bound on the whole shutdown.
+          retry_window: When clients should come back; sent in each close
+            frame's text (``server_shutdown; retry=A..B``) so clients spread
+            their reconnects over it instead of storming back at once.
+            Defaults to the server's :attr:`retry_window`.
         """
         timeout = self.drain_timeout if drain_timeout is None else drain_timeout
+        window = retry_window if retry_window is not None else self.retry_window
+        if window is not None:
+            for conn in self._connections:
+                conn.shutdown_text = window.close_text()
         if self._accept_scope is not None:
             self._accept_scope.cancel()
         for conn in list(self._connections):
@@ -161,6 +178,8 @@ class Server:
             conn_id=conn_id,
             initial_data=trailing,
         )
+        if self.retry_window is not None:
+            conn.shutdown_text = self.retry_window.close_text()
         self._accepted += 1
         self._connections.add(conn)
         self._changed.unpark_all()
@@ -369,6 +388,7 @@ async def serve_listeners(
     websocket_paths: Sequence[str] | None = None,
     metrics: Any = None,
     drain_timeout: float = 5.0,
+    retry_window: RetryWindow | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket connections on listeners the caller made.
@@ -394,6 +414,9 @@ async def serve_listeners(
         (every path if ``None``).
       metrics: A :class:`~trioheart.prometheus.Metrics`, or ``None``.
       drain_timeout: The default bound of :meth:`Server.aclose`.
+      retry_window: When clients should reconnect after a shutdown
+        (:class:`~trioheart.backoff.RetryWindow`), announced in the close
+        frames of ``server_shutdown``.
       task_status: Receives the :class:`Server` once it is accepting.
 
     Returns when :meth:`Server.aclose` has closed every connection. On
@@ -409,6 +432,7 @@ async def serve_listeners(
         websocket_paths=frozenset(websocket_paths) if websocket_paths is not None else None,
         metrics=metrics,
         drain_timeout=drain_timeout,
+        retry_window=retry_window,
     )
     try:
         async with trio.open_nursery() as connections:
@@ -444,6 +468,7 @@ async def serve(
     websocket_paths: Sequence[str] | None = None,
     metrics: Any = None,
     drain_timeout: float = 5.0,
+    retry_window: RetryWindow | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket connections on *host* and *port*.
@@ -461,6 +486,7 @@ async def serve(
         websocket_paths=websocket_paths,
         metrics=metrics,
         drain_timeout=drain_timeout,
+        retry_window=retry_window,
         task_status=task_status,
     )
 
