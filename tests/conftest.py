@@ -38,3 +38,7 @@ def live_tasks() -> Iterator[LiveTasks]:
         yield tasks
     finally:
         trio.lowlevel.remove_instrument(tasks)
+
+
+# A real etcd on loopback, session-scoped (tests/etcd_server.py).
+from tests.etcd_server import etcd_server  # noqa: E402, F401

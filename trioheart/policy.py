@@ -1218,9 +1218,13 @@ def policy_set_from_kv(items: Mapping[str, bytes], *, prefix: str, revision: int
             problems.append(PolicyProblem(rule, "", f"{key} is not a valid TOML document: {exc}"))
             continue
         target[rule] = table
+    try:
+        policy_set = PolicySet.from_mapping(document, revision=revision)
+    except PolicyError as error:  # report these with the problems above
+        problems.extend(error.problems)
     if problems:
         raise PolicyError(problems)
-    return PolicySet.from_mapping(document, revision=revision)
+    return policy_set
 
 
 # --------------------------------------------------------------------------

@@ -530,7 +530,7 @@ def test_kv_layout_rejects_strays_and_bad_values() -> None:
             revision=5,
         )
     got = {(p.rule, p.field) for p in caught.value.problems}
-    assert got == {("", "/p/other"), ("x", "")}
+    assert got == {("", "/p/other"), ("x", ""), ("default", "revision")}
     with pytest.raises(PolicyError, match="default policy: unknown key revision"):
         policy_set_from_kv({"/p/default": b"revision = 3"}, prefix=prefix, revision=5)
     with pytest.raises(PolicyError, match="revision is set by this source"):
