@@ -13,9 +13,10 @@ revision of the set.
 layered over the default policy's. Among the rules that match, the most
 specific wins: a rule with a ``version`` criterion beats any rule without
 one; among those equal so far, one with a ``region`` beats one without;
-then one with a ``group`` beats one without. Rules still tied are ordered by
-name (code-point order, smallest first): name rules ``10-...``, ``20-...``
-to order overlapping ones on purpose. A connection no rule matches gets the
+then one with a ``group`` beats one without. Among rules still tied, the
+higher ``priority`` (an integer, 0 by default) wins, then the smaller name
+in code-point order, so the outcome never depends on the order in which
+rules were written or arrived. A connection no rule matches gets the
 default policy, reported as rule ``"default"``.
 
 **Rollout.** A rule with ``rollout_percent = p`` matches only the
@@ -834,6 +835,8 @@ class Rule:
     rollout_percent: float = 100.0
     #: What :func:`rollout_bucket` hashes the key with (the name by default).
     rollout_salt: str
+    #: Among equally specific rules, the higher priority is tried first.
+    priority: int = 0
     #: Free text for operators.
     description: str = ""
     #: The fields this rule sets, as ``(name, value)`` pairs in name order.
@@ -842,10 +845,10 @@ class Rule:
     policy: ResolvedPolicy
 
     @property
-    def sort_key(self) -> tuple[bool, bool, bool, str]:
-        """Rules are tried in this order; the first that matches wins."""
+    def sort_key(self) -> tuple[bool, bool, bool, int, str]:
+        """Rules are tried in this order; the first that admits a connection wins."""
         version, region, group = self.match.specificity
-        return (not version, not region, not group, self.name)
+        return (not version, not region, not group, -self.priority, self.name)
 
     def admits(self, attributes: ConnectionAttributes, version: Version | None) -> bool:
         """Whether this rule applies to a connection."""
@@ -947,7 +950,8 @@ def _parse_match(rule: str, value: object, problems: list[PolicyProblem]) -> Rul
     return RuleMatch(group=group, region=region, version=version)
 
 
-_RULE_KEYS: Final = ("match", "rollout_percent", "rollout_salt", "description")
+_RULE_KEYS: Final = ("match", "rollout_percent", "rollout_salt", "priority", "description")
+_PRIORITY: Final = _integer(-1000, 1000)
 
 
 def _complete(fields: Mapping[str, object]) -> dict[str, Any]:
@@ -1023,6 +1027,10 @@ def _parse_rule(
                 name, "rollout_salt", f"rollout_salt must be a non-empty string; got {salt!r}"
             )
         )
+    priority = table.get("priority", 0)
+    message = _PRIORITY("priority", priority)
+    if message is not None:
+        problems.append(PolicyProblem(name, "priority", message))
     description = table.get("description", "")
     if not isinstance(description, str):
         problems.append(
@@ -1038,6 +1046,7 @@ def _parse_rule(
         match=match,
         rollout_percent=float(rollout),
         rollout_salt=salt,
+        priority=priority,
         description=description,
         overrides=tuple(sorted(overrides.items())),
         policy=policy,

@@ -8,6 +8,7 @@ import pathlib
 import random
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -56,6 +57,7 @@ rule_tables = st.fixed_dictionaries(
     {"match": match_tables},
     optional={
         "rollout_percent": st.one_of(st.integers(0, 100), st.floats(0, 100, allow_nan=False)),
+        "priority": st.integers(-2, 2),
         "ping_interval": st.floats(1, 25),
         "max_window": st.floats(1, 60),
         "app_heartbeat": st.booleans(),
@@ -198,6 +200,8 @@ def test_precedence_version_over_region_over_group_then_name() -> None:
             "by-version": {"match": {"version": "<2"}, "ping_interval": 14},
             "b-tie": {"match": {"group": "desktop"}, "ping_interval": 15},
             "a-tie": {"match": {"group": ["desktop", "web"]}, "ping_interval": 16},
+            "z-tie": {"match": {"group": "web"}, "priority": 1, "ping_interval": 17},
+            "version-low": {"match": {"version": "1.x"}, "priority": -5, "ping_interval": 18},
         }
     )
 
@@ -208,7 +212,9 @@ def test_precedence_version_over_region_over_group_then_name() -> None:
     assert rule(group="mobile", region="eu", client_version="2.0") == "by-group-region"
     assert rule(group="web", region="eu") == "by-region"
     assert rule(group="mobile", region="us") == "by-group"
-    assert rule(group="desktop") == "a-tie"
+    assert rule(group="desktop") == "a-tie"  # same rank, same priority: the smaller name
+    assert rule(group="web") == "z-tie"  # same rank: the higher priority
+    assert rule(group="web", client_version="1.2") == "by-version"  # rank beats priority
     assert rule(group="other", client_version="not a version") == DEFAULT_RULE
     resolution = policy_set.resolve(ConnectionAttributes(key="k", group="mobile"))
     assert resolution == Resolution(policy_set.rule("by-group").policy, "by-group", 1)
@@ -431,6 +437,7 @@ def test_rule_level_problems_are_each_named() -> None:
                         "match": {"regoin": "eu", "group": [], "version": ">=3,<2"},
                         "rollout_percent": 120,
                         "rollout_salt": "",
+                        "priority": 1.5,
                         "description": 3,
                     },
                     "default": {},
@@ -446,6 +453,7 @@ def test_rule_level_problems_are_each_named() -> None:
         ("r", "match.version"),
         ("r", "rollout_percent"),
         ("r", "rollout_salt"),
+        ("r", "priority"),
         ("r", "description"),
         ("default", ""),
         ("bad name", ""),
@@ -497,6 +505,17 @@ def test_the_documented_example_file_loads() -> None:
     )
     assert mobile.rule == "mobile-carrier-nat"
     assert mobile.policy.max_interval <= 30 / 2
+    old = ConnectionAttributes(key="u", group="mobile", region="ap-south", client_version="1.9")
+    assert policy_set.resolve(old).rule == "old-app"  # version beats group and region
+    desktop = [
+        policy_set.resolve(ConnectionAttributes(key=f"user-{i}", group="desktop")).rule
+        for i in range(2000)
+    ]
+    assert set(desktop) == {"desktop", "desktop-fast-ping"}
+    assert 50 < desktop.count("desktop-fast-ping") < 150  # about 5 % of 2000
+    keys = {key for rule in policy_set.rules for key, _ in rule.overrides}
+    keys |= {key for key, _ in policy_set.default_overrides}
+    assert keys == set(attrs.fields_dict(ResolvedPolicy))  # every policy key is shown
 
 
 def test_a_toml_syntax_error_is_a_policy_error() -> None:
