@@ -49,7 +49,8 @@ def _free_ports(count: int) -> list[int]:
 
 def _healthy(endpoint: str) -> bool:
     try:
-        with urllib.request.urlopen(endpoint + "/health", timeout=1) as response:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxies
+        with opener.open(endpoint + "/health", timeout=1) as response:
             return bool(json.loads(response.read()).get("health") == "true")
     except (OSError, ValueError, urllib.error.URLError):
         return False

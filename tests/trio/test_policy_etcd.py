@@ -79,7 +79,9 @@ class Etcd:
 
 @pytest.fixture
 async def etcd(etcd_server: EtcdServer) -> AsyncIterator[Etcd]:
-    async with httpx.AsyncClient(base_url=etcd_server.endpoint, timeout=DEADLINE) as client:
+    async with httpx.AsyncClient(
+        base_url=etcd_server.endpoint, timeout=DEADLINE, trust_env=False
+    ) as client:
         yield Etcd(client, f"/trioheart-test/{uuid.uuid4().hex}/")
 
 
@@ -267,3 +269,19 @@ def test_watch_messages_that_are_not_the_protocol_are_errors() -> None:
         source._on_watch_message(compacted)
     created = {"result": {"header": {"revision": "3"}, "created": True}}
     source._on_watch_message(created)  # nothing to do
+
+
+async def test_a_caller_supplied_client_is_used_and_left_open(
+    etcd_server: EtcdServer, etcd: Etcd
+) -> None:
+    revision = await etcd.put(default="ping_interval = 11\n")
+    store = PolicyStore()
+    async with httpx.AsyncClient(base_url=etcd_server.endpoint, trust_env=False) as client:
+        source = EtcdSource(store, prefix=etcd.prefix, endpoint="unused", client=client)
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(DEADLINE):
+                await nursery.start(source.run)
+            nursery.cancel_scope.cancel()
+        assert store.revision >= revision
+        assert store.current.default.ping_interval == 11
+        assert not client.is_closed

@@ -438,9 +438,10 @@ class EtcdSource:
       retry_base: The first retry waits up to this many seconds ...
       retry_cap: ... and no retry waits more than this.
       max_message_bytes: A longer gateway message is an error.
-      client: An :class:`httpx.AsyncClient` to use (for TLS or auth
-        headers); its ``base_url`` must be etcd's. By default the source
-        makes its own for *endpoint*.
+      client: An :class:`httpx.AsyncClient` to use (for TLS, auth headers
+        or a proxy); its ``base_url`` must be etcd's, and the caller closes
+        it. By default the source makes its own for *endpoint*, which
+        ignores the proxy environment variables.
     """
 
     def __init__(
@@ -492,7 +493,9 @@ class EtcdSource:
         if self._client is not None:
             await self._loop(self._client, task_status)
         else:
-            async with httpx.AsyncClient(base_url=self._endpoint) as client:
+            # trust_env=False: a proxy set in the environment for outbound
+            # traffic must not capture the connection to etcd.
+            async with httpx.AsyncClient(base_url=self._endpoint, trust_env=False) as client:
                 await self._loop(client, task_status)
 
     async def _loop(
