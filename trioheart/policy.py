@@ -143,7 +143,7 @@ _CLIENT_VERSION: Final = re.compile(
     rf"v?({_NUM})(?:\.({_NUM})(?:\.({_NUM}))?)?(?:-({_PRERELEASE}))?(?:\+({_BUILD}))?",
     re.ASCII,
 )
-_PARTIAL: Final = re.compile(rf"({_NUM})(?:\.({_NUM})(?:\.({_NUM}))?)?", re.ASCII)
+_PARTIAL: Final = re.compile(rf"({_NUM})(?:\.({_NUM}))?", re.ASCII)
 _WILDCARD: Final = re.compile(rf"({_NUM})\.(?:[xX*](?:\.[xX*])?|({_NUM})\.[xX*])", re.ASCII)
 
 
@@ -278,7 +278,7 @@ def _intersection_is_empty(intervals: Iterable[_Interval]) -> bool:
     return low[0] > high[0] or (low[0] == high[0] and not (low[1] and high[1]))
 
 
-def _partial_interval(op: str, major: int, minor: int | None, patch: int | None) -> _Interval:
+def _partial_interval(op: str, major: int, minor: int | None) -> _Interval:
     """The interval a comparator with a partial version (``2``, ``2.3``) stands for.
 
     A partial version names a block of versions, prereleases included:
@@ -296,29 +296,16 @@ def _partial_interval(op: str, major: int, minor: int | None, patch: int | None)
         return _Interval(high=floor)
     if op == "<=":
         return _Interval(high=ceiling)
-    return _Interval(low=floor, high=ceiling)
+    return _Interval(low=floor, high=ceiling)  # "=", "~" and no operator
 
 
-def _caret_interval(major: int, minor: int | None, patch: int | None) -> _Interval:
-    low = (
-        Version(major, minor or 0, patch or 0)
-        if patch is not None
-        else _lowest(major, minor or 0, 0)
-    )
+def _caret_ceiling(major: int, minor: int | None, patch: int | None) -> Version:
+    """Where ``^`` stops: the next change of the leftmost non-zero number given."""
     if major > 0 or minor is None:
-        high = _lowest(major + 1, 0, 0)
-    elif minor > 0 or patch is None:
-        high = _lowest(0, minor + 1, 0)
-    else:
-        high = _lowest(0, 0, patch + 1)
-    return _Interval(low=low, high=high)
-
-
-def _tilde_interval(major: int, minor: int | None, patch: int | None) -> _Interval:
-    if minor is None:
-        return _Interval(low=_lowest(major, 0, 0), high=_lowest(major + 1, 0, 0))
-    low = Version(major, minor, patch) if patch is not None else _lowest(major, minor, 0)
-    return _Interval(low=low, high=_lowest(major, minor + 1, 0))
+        return _lowest(major + 1, 0, 0)
+    if minor > 0 or patch is None:
+        return _lowest(0, minor + 1, 0)
+    return _lowest(0, 0, patch + 1)
 
 
 def _parse_comparator(token: str, whole: str) -> _Interval:
@@ -336,7 +323,7 @@ def _parse_comparator(token: str, whole: str) -> _Interval:
     wildcard = _WILDCARD.fullmatch(token)
     if wildcard is not None:
         major, minor = wildcard.groups()
-        return _partial_interval("=", int(major), None if minor is None else int(minor), None)
+        return _partial_interval("=", int(major), None if minor is None else int(minor))
     op = ""
     for candidate in ("^", "~", ">=", "<=", ">", "<", "="):
         if token.startswith(candidate):
@@ -353,15 +340,8 @@ def _parse_comparator(token: str, whole: str) -> _Interval:
             raise bad("build metadata (+...) has no meaning in a range")
         version = Version(int(major_s), int(minor_s), int(patch_s), _prerelease_ids(pre))
         if op == "^":
-            return (
-                _caret_interval(version.major, version.minor, version.patch)
-                if not pre
-                else (
-                    _Interval(
-                        low=version,
-                        high=_caret_interval(version.major, version.minor, version.patch).high,
-                    )
-                )
+            return _Interval(
+                low=version, high=_caret_ceiling(version.major, version.minor, version.patch)
             )
         if op == "~":
             return _Interval(low=version, high=_lowest(version.major, version.minor + 1, 0))
@@ -380,13 +360,11 @@ def _parse_comparator(token: str, whole: str) -> _Interval:
             "expected [OP]VERSION with OP one of ^ ~ >= <= > < =, a partial version "
             "like 1.2, or a wildcard like 1.x"
         )
-    major_s, minor_s, _ = partial.groups()
+    major_s, minor_s = partial.groups()
     major, minor = int(major_s), None if minor_s is None else int(minor_s)
     if op == "^":
-        return _caret_interval(major, minor, None)
-    if op == "~":
-        return _tilde_interval(major, minor, None)
-    return _partial_interval(op or "=", major, minor, None)
+        return _Interval(low=_lowest(major, minor or 0, 0), high=_caret_ceiling(major, minor, None))
+    return _partial_interval(op or "=", major, minor)
 
 
 @final
