@@ -47,17 +47,18 @@ import re
 import tomllib
 import types
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Final, TypedDict, final
+from typing import Any, Final, final
 
 import attrs
 
+from .config import ConnectionConfig
 from .detector import DetectorConfig
 from .errors import ConfigError
+from .keepalive import MAX_KEEPCNT, MAX_KEEPIDLE, MAX_USER_TIMEOUT, KeepaliveConfig
 
 __all__ = [
     "DEFAULT_RULE",
     "ConnectionAttributes",
-    "KeepaliveKwargs",
     "PolicyCensus",
     "PolicyError",
     "PolicyProblem",
@@ -461,15 +462,24 @@ def _seconds(name: str, value: object) -> str | None:
 
 def _kernel_seconds(name: str, value: object) -> str | None:
     # Linux takes TCP_KEEPIDLE and TCP_KEEPINTVL in whole seconds, 1..32767.
-    if not _is_number(value) or not 1 <= value <= 32767:  # type: ignore[operator]
-        return f"{name} must be a number of seconds from 1 to 32767; got {value!r}"
+    if (
+        not _is_number(value)
+        or not 1 <= value <= MAX_KEEPIDLE  # type: ignore[operator]
+        or value != int(value)  # type: ignore[call-overload]
+    ):
+        return f"{name} must be a whole number of seconds from 1 to {MAX_KEEPIDLE}; got {value!r}"
     return None
 
 
 def _user_timeout(name: str, value: object) -> str | None:
-    # TCP_USER_TIMEOUT is an unsigned int of milliseconds.
-    if not _is_number(value) or not 0 < value <= 4_294_967:  # type: ignore[operator]
-        return f"{name} must be a positive number of seconds up to 4294967; got {value!r}"
+    # TCP_USER_TIMEOUT is an int of milliseconds; 0 is the kernel's default.
+    if not _is_number(value) or not (
+        value == 0 or 0.001 <= value <= MAX_USER_TIMEOUT  # type: ignore[operator]
+    ):
+        return (
+            f"{name} must be 0 (the kernel's default) or a number of seconds from 0.001 to "
+            f"{MAX_USER_TIMEOUT}; got {value!r}"
+        )
     return None
 
 
@@ -497,13 +507,14 @@ _FLOAT_FIELDS: Final = frozenset(
         "min_window",
         "max_window",
         "app_heartbeat_interval",
-        "keepalive_idle",
-        "keepalive_interval",
         "tcp_user_timeout",
         "idle_timeout",
         "resume_max_age",
     }
 )
+
+#: The fields the kernel takes in whole seconds (held as int).
+_WHOLE_SECONDS_FIELDS: Final = frozenset({"keepalive_idle", "keepalive_interval"})
 
 #: Every policy field, with the check of its type and range. The cross-field
 #: constraints are in :func:`_cross_field_problems`.
@@ -518,7 +529,7 @@ _FIELDS: Final[dict[str, _Check]] = {
     "keepalive": _boolean,
     "keepalive_idle": _kernel_seconds,
     "keepalive_interval": _kernel_seconds,
-    "keepalive_count": _integer(1, 127),
+    "keepalive_count": _integer(1, MAX_KEEPCNT),
     "tcp_user_timeout": _user_timeout,
     "idle_timeout": _seconds,
     "resume_max_messages": _integer(1, 10_000_000),
@@ -542,14 +553,9 @@ def _validator(name: str) -> Callable[[object, attrs.Attribute[Any], object], No
     return _attrs_check(_FIELDS[name])
 
 
-class KeepaliveKwargs(TypedDict):
-    """The keyword arguments of ``trioheart.keepalive.KeepaliveConfig``."""
-
-    enabled: bool
-    idle: float
-    interval: float
-    count: int
-    user_timeout: float | None
+def _default_user_timeout(policy: Any) -> float:
+    probing = float(policy.keepalive_idle + policy.keepalive_interval * policy.keepalive_count)
+    return probing if probing <= MAX_USER_TIMEOUT else 0.0
 
 
 @final
@@ -575,13 +581,16 @@ class ResolvedPolicy:
         (``{"type": "ping"}`` messages) as well, for clients that cannot see
         WebSocket pings (browsers).
       app_heartbeat_interval: Its interval (defaults to *ping_interval*).
-      keepalive: Whether to turn on TCP keepalive on the socket.
-      keepalive_idle: ``TCP_KEEPIDLE``: idle seconds before the first probe.
-      keepalive_interval: ``TCP_KEEPINTVL``: seconds between probes.
+      keepalive: Whether to set TCP options on the socket at all: with
+        ``False`` neither keepalive nor ``TCP_USER_TIMEOUT`` is set.
+      keepalive_idle: ``TCP_KEEPIDLE``: whole seconds of idleness before the
+        first probe.
+      keepalive_interval: ``TCP_KEEPINTVL``: whole seconds between probes.
       keepalive_count: ``TCP_KEEPCNT``: unanswered probes before the kernel
         drops the connection.
-      tcp_user_timeout: ``TCP_USER_TIMEOUT`` in seconds, or ``None`` to leave
-        the kernel's default.
+      tcp_user_timeout: ``TCP_USER_TIMEOUT`` in seconds, or 0 to leave the
+        kernel's default. Defaults to the keepalive probing time, as
+        :class:`~trioheart.KeepaliveConfig` does.
       idle_timeout: The smallest idle timeout of a NAT, load balancer or
         proxy on the path, if known, else ``None``.
       resume_max_messages: The resume log keeps at most this many messages.
@@ -595,8 +604,8 @@ class ResolvedPolicy:
         with *idle_timeout* known, ``max_interval`` exceeds half of it, or
         keepalive probing (``keepalive_idle + keepalive_interval *
         keepalive_count``) does not finish within it;
-        with keepalive on and *tcp_user_timeout* set, it is shorter than the
-        keepalive probing (it would cut the probing short).
+        with keepalive on and a *tcp_user_timeout* other than 0, it is
+        shorter than the keepalive probing (it would cut the probing short).
     """
 
     ping_interval: float = attrs.field(default=20.0, validator=_validator("ping_interval"))
@@ -619,11 +628,12 @@ class ResolvedPolicy:
         validator=_validator("app_heartbeat_interval"),
     )
     keepalive: bool = attrs.field(default=True, validator=_validator("keepalive"))
-    keepalive_idle: float = attrs.field(default=30.0, validator=_validator("keepalive_idle"))
-    keepalive_interval: float = attrs.field(default=5.0, validator=_validator("keepalive_interval"))
-    keepalive_count: int = attrs.field(default=4, validator=_validator("keepalive_count"))
-    tcp_user_timeout: float | None = attrs.field(
-        default=None, validator=_validator("tcp_user_timeout")
+    keepalive_idle: int = attrs.field(default=30, validator=_validator("keepalive_idle"))
+    keepalive_interval: int = attrs.field(default=10, validator=_validator("keepalive_interval"))
+    keepalive_count: int = attrs.field(default=3, validator=_validator("keepalive_count"))
+    tcp_user_timeout: float = attrs.field(
+        default=attrs.Factory(_default_user_timeout, takes_self=True),
+        validator=_validator("tcp_user_timeout"),
     )
     idle_timeout: float | None = attrs.field(default=None, validator=_validator("idle_timeout"))
     resume_max_messages: int = attrs.field(
@@ -640,7 +650,7 @@ class ResolvedPolicy:
     @property
     def keepalive_probing(self) -> float:
         """Seconds from the last packet until keepalive gives up on a dead peer."""
-        return self.keepalive_idle + self.keepalive_interval * self.keepalive_count
+        return float(self.keepalive_idle + self.keepalive_interval * self.keepalive_count)
 
     def detector_config(self) -> DetectorConfig:
         """The bounds for the connection's :class:`~trioheart.LivenessDetector`.
@@ -657,15 +667,35 @@ class ResolvedPolicy:
             idle_timeout=self.idle_timeout,
         )
 
-    def keepalive_kwargs(self) -> KeepaliveKwargs:
-        """The keyword arguments for ``trioheart.keepalive.KeepaliveConfig``."""
-        return {
-            "enabled": self.keepalive,
-            "idle": float(self.keepalive_idle),
-            "interval": float(self.keepalive_interval),
-            "count": self.keepalive_count,
-            "user_timeout": None if self.tcp_user_timeout is None else float(self.tcp_user_timeout),
-        }
+    def keepalive_config(self) -> KeepaliveConfig:
+        """The L4 settings for the connection's socket.
+
+        With :attr:`keepalive` off, ``KeepaliveConfig(enabled=False)``:
+        nothing is set. Never raises for a :class:`ResolvedPolicy`.
+        """
+        if not self.keepalive:
+            return KeepaliveConfig(enabled=False)
+        return KeepaliveConfig(
+            idle=self.keepalive_idle,
+            interval=self.keepalive_interval,
+            count=self.keepalive_count,
+            user_timeout=self.tcp_user_timeout or None,
+        )
+
+    def connection_config(self, base: ConnectionConfig | None = None) -> ConnectionConfig:
+        """*base* (or the defaults) with this policy's heartbeat and L4 settings.
+
+        Sets :attr:`~trioheart.ConnectionConfig.heartbeat`,
+        :attr:`~trioheart.ConnectionConfig.keepalive` and
+        :attr:`~trioheart.ConnectionConfig.app_heartbeat_interval`; every
+        other field (timeouts, queue bounds) is *base*'s as it stands.
+        """
+        return attrs.evolve(
+            ConnectionConfig() if base is None else base,
+            heartbeat=self.detector_config(),
+            keepalive=self.keepalive_config(),
+            app_heartbeat_interval=self.app_heartbeat_interval if self.app_heartbeat else None,
+        )
 
     def to_dict(self) -> dict[str, object]:
         """Every field, by name (``None`` for an unset optional one)."""
@@ -724,7 +754,7 @@ def _cross_field_problems(
                 )
             )
     user_timeout = policy["tcp_user_timeout"]
-    if policy["keepalive"] and user_timeout is not None and user_timeout < probing:
+    if policy["keepalive"] and user_timeout != 0 and user_timeout < probing:
         problems.append(
             (
                 "tcp_user_timeout",
@@ -880,6 +910,8 @@ def _parse_fields(
             problems.append(PolicyProblem(rule, key, message))
         elif key in _FLOAT_FIELDS and isinstance(value, int):
             values[key] = float(value)  # TOML's 20 is the 20.0 the policy holds
+        elif key in _WHOLE_SECONDS_FIELDS:
+            values[key] = int(value)  # type: ignore[call-overload]  # 30.0 is 30
         else:
             values[key] = value
     return values

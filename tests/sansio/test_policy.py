@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from trioheart import DetectorConfig
+from trioheart import ConnectionConfig, DetectorConfig, KeepaliveConfig
 from trioheart.errors import ConfigError
 from trioheart.policy import (
     DEFAULT_RULE,
@@ -100,8 +100,10 @@ def test_resolution_is_total_deterministic_and_order_free(
     shuffled = list(rules.items())
     seed.shuffle(shuffled)
     assert _policy_set(dict(shuffled)).resolve(connection) == resolution
-    # Every resolved policy converts to the detector's bounds.
+    # Every resolved policy converts to the detector's bounds and the L4 settings.
     assert isinstance(resolution.policy.detector_config(), DetectorConfig)
+    assert isinstance(resolution.policy.keepalive_config(), KeepaliveConfig)
+    assert resolution.policy.connection_config().heartbeat == resolution.policy.detector_config()
 
 
 @given(rules=rule_sets, connection=connections)
@@ -235,13 +237,33 @@ def test_a_rule_layers_over_the_default_policy() -> None:
     assert isinstance(policy.ping_interval, float)
     config = policy.detector_config()
     assert (config.ping_interval, config.ping_timeout, config.idle_timeout) == (10.0, 30.0, 60.0)
-    assert policy_set.default.keepalive_kwargs() == {
-        "enabled": True,
-        "idle": 30.0,
-        "interval": 5.0,
-        "count": 4,
-        "user_timeout": None,
-    }
+    # The defaults are KeepaliveConfig's: the user timeout follows the probing.
+    assert policy_set.default.keepalive_config() == KeepaliveConfig()
+    assert policy_set.default.tcp_user_timeout == KeepaliveConfig().user_timeout == 60.0
+    base = ConnectionConfig(handshake_timeout=3.0)
+    config = policy.connection_config(base)
+    assert (config.heartbeat, config.keepalive) == (
+        policy.detector_config(),
+        policy.keepalive_config(),
+    )
+    assert config.handshake_timeout == 3.0
+    assert config.app_heartbeat_interval is None
+
+
+def test_l4_settings_follow_the_policy() -> None:
+    policy = ResolvedPolicy(keepalive_idle=5, keepalive_interval=2, keepalive_count=2)
+    assert policy.tcp_user_timeout == 9.0  # follows the probing
+    assert policy.keepalive_config() == KeepaliveConfig(idle=5, interval=2, count=2)
+    kernel_default = ResolvedPolicy(tcp_user_timeout=0)
+    assert kernel_default.keepalive_config().user_timeout is None
+    off = ResolvedPolicy(keepalive=False, tcp_user_timeout=1)  # not used, so not checked
+    assert off.keepalive_config() == KeepaliveConfig(enabled=False)
+    beating = ResolvedPolicy(app_heartbeat=True, app_heartbeat_interval=7)
+    assert beating.connection_config().app_heartbeat_interval == 7
+    whole = PolicySet.from_mapping({"revision": 1, "default": {"keepalive_idle": 20.0}})
+    assert type(whole.default.keepalive_idle) is int
+    with pytest.raises(PolicyError, match="keepalive_idle must be a whole number of seconds"):
+        PolicySet.from_mapping({"revision": 1, "default": {"keepalive_idle": 2.5}})
 
 
 # --------------------------------------------------------------------------
@@ -277,6 +299,7 @@ bad_numbers = st.sampled_from(
 def test_a_bad_value_rejects_the_whole_set_naming_rule_and_field(
     rules: dict[str, Any], field: str, value: object, data: st.DataObject
 ) -> None:
+    assume(not (field == "tcp_user_timeout" and value == 0))  # 0: the kernel's default
     name = data.draw(st.sampled_from(sorted(rules)))
     broken = {**rules, name: {**rules[name], field: value}}
     with pytest.raises(PolicyError) as caught:
@@ -291,6 +314,7 @@ def test_a_bad_value_rejects_the_whole_set_naming_rule_and_field(
 
 @given(field=st.sampled_from(number_fields), value=bad_numbers)
 def test_a_bad_default_value_is_reported_on_the_default_policy(field: str, value: object) -> None:
+    assume(not (field == "tcp_user_timeout" and value == 0))  # 0: the kernel's default
     with pytest.raises(PolicyError) as caught:
         PolicySet.from_mapping({"revision": 1, "default": {field: value}})
     assert [(p.rule, p.field) for p in caught.value.problems] == [(DEFAULT_RULE, field)]
@@ -352,7 +376,7 @@ def test_cross_field_checks_accept_exactly_the_sensible_policies(
         expected.add("max_interval")
     if idle is not None and keepalive and probing > idle:
         expected.add("keepalive_idle")
-    if keepalive and user_timeout is not None and user_timeout < probing:
+    if keepalive and user_timeout is not None and user_timeout < probing:  # 0 is not drawn
         expected.add("tcp_user_timeout")
     document = {"revision": 1, "rules": {"r": {"match": {"group": "g"}, **table}}}
     if not expected:
@@ -360,6 +384,7 @@ def test_cross_field_checks_accept_exactly_the_sensible_policies(
         assert policy == ResolvedPolicy(**table)  # the constructor agrees
         config = policy.detector_config()  # and so does the detector
         assert config.max_interval == high
+        assert policy.keepalive_config().enabled is keepalive  # and KeepaliveConfig
         return
     with pytest.raises(PolicyError) as caught:
         PolicySet.from_mapping(document)
