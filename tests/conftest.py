@@ -55,3 +55,7 @@ def _quiet_structlog() -> None:
         processors=[drop_below_warning, *structlog.get_config()["processors"]],
         wrapper_class=structlog.BoundLogger,
     )
+
+
+# A real etcd on loopback, session-scoped (tests/etcd_server.py).
+from tests.etcd_server import etcd_server  # noqa: E402, F401
