@@ -48,15 +48,27 @@ async def serve_control(
       ConfigError: if *address* is not a loopback address.
       ProxyError: if it cannot listen.
     """
+    await _serve_control_on(proxy, _control_listener(address), task_status=task_status)
+
+
+def _control_listener(address: str | Address) -> trio.SocketListener:
     host, port = parse_address(address, field="control")
     if not is_loopback(host):
         raise ConfigError(
             f"control must be a loopback address (127.0.0.0/8, ::1 or localhost); got {host!r}"
         )
     try:
-        listener = _listening_socket((numeric_host(host, field="control"), port))
+        return _listening_socket((numeric_host(host, field="control"), port))
     except OSError as exc:
         raise ProxyError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+async def _serve_control_on(
+    proxy: Proxy,
+    listener: trio.SocketListener,
+    *,
+    task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
     bound: Address = listener.socket.getsockname()[:2]
     proxy.control_address = bound
     limiter = trio.Semaphore(MAX_CONNECTIONS)

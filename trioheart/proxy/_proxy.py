@@ -49,6 +49,8 @@ class ProxyStatistics:
     downstream_bytes_sent: int
     #: Bytes toxics discarded, both directions.
     bytes_dropped: int
+    #: Bytes held by the proxy now (delayed or stalled), all connections.
+    bytes_buffered: int
 
     def to_json(self) -> dict[str, object]:
         """The snapshot as a JSON-ready dict."""
@@ -223,12 +225,14 @@ class Proxy:
         """Counters and the connections open now."""
         totals = dict(self._totals)
         dropped = self._dropped
+        buffered = 0
         for conn in self._connections:
             if conn.engine is not None:
                 for direction in totals:
                     stats = conn.engine.statistics(direction)
                     totals[direction] += stats.sent
                     dropped += stats.dropped
+                    buffered += stats.buffered
         return ProxyStatistics(
             enabled=self._enabled,
             connections_open=len(self._connections),
@@ -236,6 +240,7 @@ class Proxy:
             upstream_bytes_sent=totals[Stream.UPSTREAM],
             downstream_bytes_sent=totals[Stream.DOWNSTREAM],
             bytes_dropped=dropped,
+            bytes_buffered=buffered,
         )
 
     # -- toxics -------------------------------------------------------------
@@ -393,15 +398,20 @@ class Proxy:
             self._nursery = None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _bind(self) -> trio.SocketListener:
+        if self._listener is None:
+            try:
+                listener = _listening_socket(self._listen)
+            except OSError as exc:
+                raise ProxyError(
+                    f"cannot listen on {format_address(self._listen)}: {exc.strerror or exc}"
+                ) from exc
+            self._listen = listener.socket.getsockname()[:2]
+            self._listener = listener
+        return self._listener
+
     def _start_accepting(self, nursery: trio.Nursery) -> None:
-        try:
-            listener = _listening_socket(self._listen)
-        except OSError as exc:
-            raise ProxyError(
-                f"cannot listen on {format_address(self._listen)}: {exc.strerror or exc}"
-            ) from exc
-        self._listen = listener.socket.getsockname()[:2]
-        self._listener = listener
+        listener = self._bind()
         self._accept_scope = trio.CancelScope()
         nursery.start_soon(self._accept_loop, listener, self._accept_scope, nursery)
 
@@ -565,7 +575,7 @@ async def open_proxy(
       ConfigError: for a bad argument.
       ProxyError: if the proxy or the control API cannot listen.
     """
-    from ._control import serve_control
+    from ._control import _control_listener, _serve_control_on
 
     proxy = Proxy(
         upstream=upstream,
@@ -575,9 +585,33 @@ async def open_proxy(
         connect_timeout=connect_timeout,
         seed=seed,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(proxy.run)
-        if control is not None:
-            await nursery.start(serve_control, proxy, control)
-        yield proxy
-        nursery.cancel_scope.cancel()
+    # Bind before any task starts, so a bad address raises plainly.
+    control_listener = None if control is None else _control_listener(control)
+    try:
+        proxy._bind()
+    except BaseException:
+        if control_listener is not None:
+            control_listener.socket.close()
+        raise
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.run)
+            if control_listener is not None:
+                await nursery.start(_serve_control_on, proxy, control_listener)
+            try:
+                yield proxy
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # One failure (usually the body's own) comes out as itself, not wrapped.
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found

@@ -417,7 +417,8 @@ def _default_stream(self: Toxic) -> Stream:
 
 
 def _default_name(self: Toxic) -> str:
-    return f"{self.attributes.type}_{self.stream}"
+    # Validators run after every default, so the attributes may still be bad here.
+    return f"{getattr(self.attributes, 'type', 'toxic')}_{self.stream}"
 
 
 def _check_name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
