@@ -131,7 +131,9 @@ bodies = st.one_of(
     path=st.sampled_from(["/proxy", "/toxics", "/toxics/lag", "/toxics/none", "/reset", "/x"]),
     body=bodies,
 )
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 async def test_any_4xx_leaves_the_proxy_unchanged(method: str, path: str, body: bytes) -> None:
     proxy = Proxy(upstream="127.0.0.1:9")
     proxy.add_toxic(Latency(latency=1), name="lag")

@@ -50,6 +50,7 @@ def feed(
     return [*steps, Step(start + len(parts) * gap, direction, EOF)]  # type: ignore[arg-type]
 
 
+@settings(deadline=None)
 @given(up=chunks, down=chunks)
 def test_without_toxics_everything_passes_at_once(up: list[bytes], down: list[bytes]) -> None:
     result = simulate(feed(UP, up) + feed(DOWN, down))
@@ -59,6 +60,7 @@ def test_without_toxics_everything_passes_at_once(up: list[bytes], down: list[by
     assert result.finished
 
 
+@settings(deadline=None)
 @given(
     parts=chunks,
     latency=st.floats(0, 10),
@@ -84,7 +86,7 @@ def test_latency_delays_every_byte_and_keeps_order(
 
 
 @given(parts=st.lists(st.binary(min_size=1, max_size=5000), min_size=1, max_size=30))
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 def test_a_stall_holds_a_bounded_amount_then_delivers_everything(parts: list[bytes]) -> None:
     limit, read = 4096, 1024
     toxic = Toxic(attributes=Stall(duration=10), stream="upstream")
@@ -101,7 +103,7 @@ def test_a_stall_until_removed() -> None:
 
 
 @given(frames=frame_streams(big=True), cuts=st.lists(st.integers(0, 1 << 20), max_size=10))
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 def test_ws_drop_removes_exactly_the_pongs(frames: list[Frame], cuts: list[int]) -> None:
     stream = RESPONSE_HEAD + b"".join(encode(f, mask=False) for f in frames)
     toxic = Toxic(attributes=WsDrop(frames="pong"))
@@ -133,7 +135,7 @@ def messages(frames: list[Frame]) -> list[list[Frame]]:
     probability=st.sampled_from([0.5, 1.0]),
     seed=st.integers(0, 1000),
 )
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 def test_ws_drop_toggled_live_never_corrupts_the_stream(
     frames: list[Frame],
     cuts: list[int],
@@ -176,7 +178,7 @@ def test_ws_drop_toggled_live_never_corrupts_the_stream(
     which=st.sampled_from(["ping", "data"]),
     delay=st.floats(0.5, 20),
 )
-@settings(max_examples=80)
+@settings(max_examples=80, deadline=None)
 def test_ws_delay_moves_whole_frames_and_keeps_each_kind_in_order(
     frames: list[Frame], cuts: list[int], which: str, delay: float
 ) -> None:
@@ -207,6 +209,7 @@ def test_delayed_pings_are_overtaken_by_data_but_not_by_the_close() -> None:
     assert result.eof_at[DOWN] == 5
 
 
+@settings(deadline=None)
 @given(parts=chunks, limit=st.integers(0, 5000))
 def test_limit_data_forwards_exactly_that_many_bytes_then_closes(
     parts: list[bytes], limit: int
@@ -246,7 +249,8 @@ def test_nat_idle_forgets_after_the_gap_in_both_directions() -> None:
     assert result.finished  # both peers closed their side, so the proxy may let go
 
 
-@given(size=st.integers(1, 100_000), rate=st.floats(100, 100_000))
+@settings(deadline=None)
+@given(size=st.integers(1, 50_000), rate=st.floats(2_000, 1_000_000))
 def test_bandwidth_takes_size_over_rate(size: int, rate: float) -> None:
     toxic = Toxic(attributes=Bandwidth(rate=rate))
     result = simulate(feed(DOWN, [b"x" * size]), [toxic])
@@ -256,6 +260,7 @@ def test_bandwidth_takes_size_over_rate(size: int, rate: float) -> None:
     assert last_start >= size / rate - max(1, int(rate * 0.05)) / rate - 1e-9
 
 
+@settings(deadline=None)
 @given(parts=chunks, average=st.integers(1, 50), seed=st.integers(0, 99))
 def test_slicer_writes_small_pieces_with_pauses(
     parts: list[bytes], average: int, seed: int

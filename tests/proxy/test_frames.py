@@ -36,7 +36,7 @@ def labels(pieces: list[Piece]) -> list[PieceKind]:
 
 
 @given(frames=frame_streams(big=True), cuts=cuts, mask=st.booleans())
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 def test_pieces_are_the_input_labelled_alike_however_it_is_cut(
     frames: list[Frame], cuts: list[int], mask: bool
 ) -> None:
@@ -51,6 +51,7 @@ def test_pieces_are_the_input_labelled_alike_however_it_is_cut(
     assert labels(whole) == expected
 
 
+@settings(deadline=None)
 @given(frames=frame_streams(), cuts=cuts)
 def test_frame_and_message_boundaries(frames: list[Frame], cuts: list[int]) -> None:
     data = RESPONSE_HEAD + b"".join(encode(f, mask=False) for f in frames)
@@ -62,6 +63,7 @@ def test_frame_and_message_boundaries(frames: list[Frame], cuts: list[int]) -> N
     assert sum(p.message_end for p in pieces) == messages
 
 
+@settings(deadline=None)
 @given(frames=frame_streams(), cuts=cuts, kind=st.sampled_from([PieceKind.PING, PieceKind.PONG]))
 def test_dropping_control_frames_leaves_a_valid_stream(
     frames: list[Frame], cuts: list[int], kind: PieceKind
@@ -77,6 +79,7 @@ def test_dropping_control_frames_leaves_a_valid_stream(
     assert decode(filtered, client=False) == normalize([f for f in frames if f.kind != kind.value])
 
 
+@settings(deadline=None)
 @given(junk=st.binary(max_size=400), cuts=cuts, response=st.booleans())
 def test_garbage_passes_through_unchanged(junk: bytes, cuts: list[int], response: bool) -> None:
     data = (RESPONSE_HEAD if response else REQUEST_HEAD) + junk

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioheart import ConfigError
@@ -12,6 +12,7 @@ from trioheart.proxy.nat import NatMapping
 gaps = st.lists(st.floats(min_value=0, max_value=100), max_size=50)
 
 
+@settings(deadline=None)
 @given(timeout=st.floats(min_value=0.001, max_value=60), gaps=gaps)
 def test_packets_pass_until_the_first_idle_gap_then_never(
     timeout: float, gaps: list[float]

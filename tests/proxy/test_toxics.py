@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioheart import ConfigError
@@ -70,6 +70,7 @@ def test_every_toxiproxy_toxic_and_ours_exist() -> None:
     assert set(TOXIC_TYPES) == toxiproxy | ours
 
 
+@settings(deadline=None)
 @given(toxic=toxics())
 def test_json_round_trips(toxic: Toxic) -> None:
     assert toxic_from_json(toxic_to_json(toxic)) == toxic
@@ -110,6 +111,7 @@ bad_seconds = st.one_of(
         (Bandwidth, "rate", {}),
     ],
 )
+@settings(deadline=None)
 @given(value=bad_seconds)
 def test_bad_durations_name_the_field_and_value(
     cls: type, field: str, others: dict[str, object], value: object
