@@ -171,7 +171,9 @@ async def test_stall_buffers_up_to_the_limit_then_pushes_back(loopback_clock: Mo
         assert received == b"z" * len(received)
 
 
-async def test_reset_peer_resets_the_client(loopback_clock: MockClock) -> None:
+async def test_reset_peer_resets_the_client(
+    loopback_clock: MockClock, live_tasks: LiveTasks
+) -> None:
     async with tcp_server() as port, open_proxy(upstream=("127.0.0.1", port)) as proxy:
         client = await trio.open_tcp_stream(*proxy.listen_address)
         await client.send_all(b"hi")
@@ -181,6 +183,8 @@ async def test_reset_peer_resets_the_client(loopback_clock: MockClock) -> None:
         with pytest.raises(trio.BrokenResourceError, match="reset"):
             await client.receive_some()
         assert trio.current_time() - start == pytest.approx(1.0, abs=0.05)
+        await wait_for(lambda: proxy.statistics().connections_open == 0)
+        assert proxy_tasks(live_tasks) == []  # an aborted connection leaves no task either
 
 
 async def test_timeout_drops_data_then_closes(loopback_clock: MockClock) -> None:
@@ -204,15 +208,19 @@ async def test_limit_data_closes_after_that_many_bytes(loopback_clock: MockClock
 
 
 async def test_down_refuses_and_closes_then_comes_back_on_the_same_port(
-    loopback_clock: MockClock,
+    loopback_clock: MockClock, live_tasks: LiveTasks
 ) -> None:
     async with tcp_server() as port, open_proxy(upstream=("127.0.0.1", port)) as proxy:
         address = proxy.listen_address
         client = await trio.open_tcp_stream(*address)
         await client.send_all(b"a")
         assert await client.receive_some() == b"a"
+        assert [name for name in live_tasks.names() if "_accept_loop" in name]
         proxy.set_enabled(False)
         assert await client.receive_some() == b""
+        await wait_for(lambda: proxy.statistics().connections_open == 0)
+        assert proxy_tasks(live_tasks) == []
+        assert not [name for name in live_tasks.names() if "_accept_loop" in name]
         with pytest.raises(OSError, match="connect"):
             await trio.open_tcp_stream(*address)
         proxy.set_enabled(True)

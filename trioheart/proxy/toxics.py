@@ -288,8 +288,10 @@ class NatIdle(_Attributes):
     Any chunk in either direction refreshes the mapping. Once nothing passed
     for *timeout* seconds, every later chunk, close or reset in either
     direction is dropped silently: no RST, no FIN (the Azure load balancer
-    and home-router case). The mapping stays forgotten for that connection;
-    new connections get a fresh one. Must apply to :attr:`Stream.BOTH`.
+    and home-router case). The mapping stays forgotten for that connection
+    while the toxic is there (removing it heals the path, but what was
+    dropped is gone); new connections get a fresh one. Must apply to
+    :attr:`Stream.BOTH`.
 
     Args:
       timeout: The idle timeout, in seconds.
