@@ -1,4 +1,8 @@
-"""The ``trioheart`` command: ``trioheart demo`` runs the demo chat server."""
+"""The ``trioheart`` command.
+
+``trioheart demo`` runs the demo chat server; ``trioheart proxy`` runs the
+fault-injecting proxy.
+"""
 
 from __future__ import annotations
 
@@ -52,9 +56,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trioheart", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _demo_parser(sub)
+    from .proxy import cli as proxy_cli
+
+    proxy_cli.configure_parser(
+        sub.add_parser(
+            "proxy",
+            help="run the fault-injecting proxy",
+            description="A TCP proxy with live faults (toxics), driven from Python or its "
+            "HTTP control API.",
+        )
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _run_demo(parser, args)
+    if args.command == "proxy":
+        return proxy_cli.run(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
 
 

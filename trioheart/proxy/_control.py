@@ -176,9 +176,7 @@ async def _respond(conn: h11.Connection, stream: trio.SocketStream, response: Ap
         reason = HTTPStatus(response.status).phrase.encode()
     except ValueError:
         reason = b""
-    parts = [
-        conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
-    ]
+    parts = [conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))]
     if body:
         parts.append(conn.send(h11.Data(data=body)))
     parts.append(conn.send(h11.EndOfMessage()))
