@@ -7,12 +7,20 @@ private.
 from __future__ import annotations
 
 from ._trio.connection import Connection
-from ._trio.server import Server, ServerStatistics, serve, serve_listeners
+from ._trio.policy_sources import EtcdSource, PolicyStore, TomlFileSource
+from ._trio.server import (
+    Server,
+    ServerStatistics,
+    attributes_from_request,
+    serve,
+    serve_listeners,
+)
 from .config import ConnectionConfig
 from .detector import Action, DetectorConfig, DetectorStatistics, LivenessDetector
 from .errors import ConfigError, ConnectionClosed, HandshakeError, TrioheartError
 from .http import HttpRequest, HttpResponse
 from .keepalive import AppliedKeepalive, KeepaliveConfig
+from .policy import ConnectionAttributes, PolicyError, PolicySet, ResolvedPolicy
 from .prometheus import Metrics
 from .reasons import CloseReason
 from .tcpinfo import TcpInfo
@@ -25,21 +33,29 @@ __all__ = [
     "CloseReason",
     "ConfigError",
     "Connection",
+    "ConnectionAttributes",
     "ConnectionClosed",
     "ConnectionConfig",
     "DetectorConfig",
     "DetectorStatistics",
+    "EtcdSource",
     "HandshakeError",
     "HttpRequest",
     "HttpResponse",
     "KeepaliveConfig",
     "LivenessDetector",
     "Metrics",
+    "PolicyError",
+    "PolicySet",
+    "PolicyStore",
+    "ResolvedPolicy",
     "Server",
     "ServerStatistics",
     "TcpInfo",
+    "TomlFileSource",
     "TrioheartError",
     "__version__",
+    "attributes_from_request",
     "serve",
     "serve_listeners",
 ]

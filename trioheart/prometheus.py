@@ -8,7 +8,7 @@ an endpoint of your own, and the demo serves it at ``/metrics``.
 
 from __future__ import annotations
 
-from typing import Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,8 +18,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .reasons import CloseReason
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -83,6 +88,17 @@ class Metrics:
             for reason in CloseReason
         }
 
+    def track_server(self, server: Any) -> None:
+        """Also export what *server* knows at scrape time: its policies.
+
+        Adds ``trioheart_policy_revision``,
+        ``trioheart_policy_connections{revision,rule}`` and
+        ``trioheart_policy_updates_total{outcome}`` when the server runs
+        with a :class:`~trioheart.PolicyStore`. Called by
+        :func:`~trioheart.serve` with its ``metrics``.
+        """
+        self.registry.register(_ServerCollector(server))
+
     def connection_closed(self, reason: str, lifetime: float | None) -> None:
         """Account one closed connection (``lifetime`` None: it never opened)."""
         self._closed[reason].inc()
@@ -93,3 +109,38 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format of every collector in the registry."""
         return generate_latest(self.registry)
+
+
+class _ServerCollector(Collector):
+    """Reads a server's policy census and store at scrape time (no per-event cost)."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        store = self._server.policies
+        if store is None:
+            return
+        stats = store.statistics()
+        yield GaugeMetricFamily(
+            "trioheart_policy_revision", "Revision of the policy set in force.", stats.revision
+        )
+        connections = GaugeMetricFamily(
+            "trioheart_policy_connections",
+            "Open connections per policy revision and rule.",
+            labels=["revision", "rule"],
+        )
+        for (revision, rule), count in sorted(self._server.policy_census.counts().items()):
+            connections.add_metric([str(revision), rule], count)
+        yield connections
+        updates = CounterMetricFamily(
+            "trioheart_policy_updates",
+            "Policy updates offered to the store, by outcome.",
+            labels=["outcome"],
+        )
+        for outcome in ("accepted", "rejected", "unchanged"):
+            updates.add_metric([outcome], getattr(stats, outcome))
+        yield updates

@@ -1,18 +1,25 @@
-"""A fleet of simulated connections that follow a PolicyStore, for the source tests.
+"""A fleet of real WebSocket connections that follow a PolicyStore.
 
-Each connection is a task that does what the runner will do: resolve its
-policy from every set the store announces and keep the detector bounds it
-got. The tests then check which connections changed.
+A trioheart server runs with the store; 100 clients connect with the
+group, region, version and client id of :func:`fleet_attributes` in their
+query. The tests read what each connection runs on the *server* side (its
+detector's interval, its policy rule and revision), so they check the
+runner's live application, not a simulation of it.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+from urllib.parse import urlencode
 
 import trio
 
+import trioheart
 from trioheart._trio.policy_sources import PolicyStore
 from trioheart.policy import ConnectionAttributes
+
+from .wsclient import connect
 
 GROUPS = ["mobile", "desktop", "web"]
 REGIONS = ["eu", "us", "ap"]
@@ -53,38 +60,70 @@ def matches_mobile_eu_rule(attributes: ConnectionAttributes) -> bool:
     return attributes.group == "mobile" and attributes.region == "eu" and not old
 
 
+def _path(attributes: ConnectionAttributes) -> str:
+    query = {"client_id": attributes.key}
+    for name, value in (
+        ("group", attributes.group),
+        ("region", attributes.region),
+        ("version", attributes.client_version),
+    ):
+        if value is not None:
+            query[name] = value
+    return "/ws?" + urlencode(query)
+
+
+async def _idle(conn: trioheart.Connection) -> None:
+    await trio.sleep_forever()
+
+
 class Fleet:
-    """Connections following *store*; start :meth:`run` in a nursery."""
+    """Real connections following *store*; start :meth:`run` in a nursery."""
 
     def __init__(self, store: PolicyStore, attributes: list[ConnectionAttributes]) -> None:
         self.store = store
         self.attributes = attributes
-        self.interval: dict[str, float] = {}
-        self.revision: dict[str, int] = {}
-        self.rule: dict[str, str] = {}
-        self.seen_at: dict[str, float] = {}
-        self._changed = trio.Event()
+        self.server: trioheart.Server | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self.server = await nursery.start(
+                functools.partial(trioheart.serve, _idle, "127.0.0.1", 0, policies=self.store)
+            )
             for attributes in self.attributes:
-                nursery.start_soon(self._follow, attributes, name=f"fleet:{attributes.key}")
+                nursery.start_soon(self._client, attributes, name=f"fleet:{attributes.key}")
+            await self.server.wait_until(lambda s: s.connections_open == len(self.attributes))
             task_status.started()
 
-    async def _follow(self, attributes: ConnectionAttributes) -> None:
-        async for policy_set in self.store.subscribe():
-            resolution = policy_set.resolve(attributes)
-            self.interval[attributes.key] = resolution.policy.detector_config().ping_interval
-            self.revision[attributes.key] = resolution.revision
-            self.rule[attributes.key] = resolution.rule
-            self.seen_at[attributes.key] = trio.current_time()
-            self._changed.set()
-            self._changed = trio.Event()
+    async def _client(self, attributes: ConnectionAttributes) -> None:
+        assert self.server is not None
+        async with connect(self.server.port, _path(attributes)) as client:
+            while await client.pump():  # answers pings
+                pass
+
+    def _by_key(self) -> dict[str, trioheart.Connection]:
+        assert self.server is not None
+        return {conn.query["client_id"]: conn for conn in self.server.connections}
+
+    @property
+    def interval(self) -> dict[str, float]:
+        """Each connection's heartbeat interval, as its server-side detector runs it."""
+        return {key: conn.liveness().interval for key, conn in self._by_key().items()}
+
+    @property
+    def window(self) -> dict[str, float]:
+        """Each connection's upper bound on the pong window."""
+        return {key: conn.liveness().window for key, conn in self._by_key().items()}
+
+    @property
+    def revision(self) -> dict[str, int]:
+        return {k: c.policy.revision for k, c in self._by_key().items() if c.policy}
+
+    @property
+    def rule(self) -> dict[str, str]:
+        return {k: c.policy.rule for k, c in self._by_key().items() if c.policy}
 
     async def wait_all_at(self, revision: int) -> float:
         """Wait until every connection runs *revision*; return when the last one got it."""
-        while len(self.revision) < len(self.attributes) or any(
-            seen < revision for seen in self.revision.values()
-        ):
-            await self._changed.wait()
-        return max(self.seen_at.values())
+        assert self.server is not None
+        await self.server.wait_until(lambda s: set(s.policy_revisions) == {revision})
+        return trio.current_time()

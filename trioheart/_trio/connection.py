@@ -38,15 +38,16 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
-from ..detector import Action, DetectorStatistics, LivenessDetector
+from ..detector import Action, DetectorConfig, DetectorStatistics, LivenessDetector
 from ..errors import ConnectionClosed
 from ..log import get_logger
 from ..reasons import CloseReason
-from .sockopts import read_tcp_info
+from .sockopts import apply_keepalive, read_tcp_info
 
 if TYPE_CHECKING:
     from ..config import ConnectionConfig
     from ..keepalive import AppliedKeepalive
+    from ..policy import Resolution
     from ..prometheus import Metrics
     from ..tcpinfo import TcpInfo
 
@@ -135,6 +136,7 @@ class Connection:
         "keepalive",
         "opened_at",
         "path",
+        "policy",
         "query",
         "remote",
         "shutdown_text",
@@ -166,6 +168,9 @@ class Connection:
         self.headers: Sequence[tuple[str, str]] = headers
         #: What the kernel applied for keepalive and user timeout, read back.
         self.keepalive: AppliedKeepalive | None = keepalive
+        #: The policy resolution in force (rule and revision), when the server
+        #: runs with a :class:`~trioheart.PolicyStore`; ``None`` otherwise.
+        self.policy: Resolution | None = None
         #: ``TCP_INFO`` read just before the socket was closed, if available.
         self.tcp_info: TcpInfo | None = None
         #: When the connection opened, on the Trio clock.
@@ -185,15 +190,7 @@ class Connection:
         self._detector = LivenessDetector(config.heartbeat, now=now)
         self._app_detector: LivenessDetector | None = None
         if config.app_heartbeat_interval is not None:
-            hb = config.heartbeat
-            self._app_detector = LivenessDetector(
-                type(hb)(
-                    ping_interval=config.app_heartbeat_interval,
-                    ping_timeout=hb.ping_timeout,
-                    min_window=hb.min_window,
-                ),
-                now=now,
-            )
+            self._app_detector = LivenessDetector(_app_bounds(config), now=now)
         self._initial_data = initial_data
         self._inbox: deque[str | bytes] = deque()
         self._inbox_bytes = 0
@@ -347,6 +344,48 @@ class Connection:
         if text is not None and len(text.encode()) > 123:
             raise ValueError(f"text must be at most 123 bytes in UTF-8; got {len(text.encode())}")
         self._begin_close(reason, detail=detail, text=text)
+
+    def apply_policy(self, resolution: Resolution, config: ConnectionConfig) -> bool:
+        """Run under *config* from now on, as chosen by *resolution*.
+
+        The heartbeat takes the new interval and window bounds at its next
+        beat; the socket's keepalive options are set again if they changed
+        (the kernel takes them on a live socket). Logs ``policy.applied``
+        when the policy itself changed.
+
+        Returns:
+          Whether the policy changed (a new revision that resolves to the
+          same policy only updates :attr:`policy`).
+        """
+        previous = self.policy
+        self.policy = resolution
+        if previous is not None and previous.policy == resolution.policy:
+            return False
+        now = trio.current_time()
+        old = self._config
+        self._config = config
+        self._detector.reconfigure(config.heartbeat, now=now)
+        if config.app_heartbeat_interval is None:
+            self._app_detector = None
+        elif self._app_detector is None:
+            self._app_detector = LivenessDetector(_app_bounds(config), now=now)
+        else:
+            self._app_detector.reconfigure(_app_bounds(config), now=now)
+        if config.keepalive != old.keepalive and self._close_reason is None:
+            # If the socket is already gone, the reader will say why.
+            with contextlib.suppress(OSError):
+                self.keepalive = apply_keepalive(self._stream.socket, config.keepalive)
+        if self._read_scope is not None:
+            self._read_scope.deadline = min(self._read_scope.deadline, self._wake_at())
+        _log.info(
+            "policy.applied",
+            conn_id=self.conn_id,
+            rule=resolution.rule,
+            revision=resolution.revision,
+            ping_interval=config.heartbeat.ping_interval,
+            max_window=config.heartbeat.ping_timeout,
+        )
+        return True
 
     async def wait_pong(self) -> float:
         """Wait for the next pong that answers the heartbeat's ping; return its RTT.
@@ -807,6 +846,17 @@ class Connection:
         if self.tcp_info is not None:
             fields["tcp"] = self.tcp_info.as_dict()
         _log.info("connection.closed", **fields)
+
+
+def _app_bounds(config: ConnectionConfig) -> DetectorConfig:
+    """The app-level heartbeat's bounds: its own interval, the heartbeat's window."""
+    assert config.app_heartbeat_interval is not None
+    hb = config.heartbeat
+    return DetectorConfig(
+        ping_interval=config.app_heartbeat_interval,
+        ping_timeout=hb.ping_timeout,
+        min_window=hb.min_window,
+    )
 
 
 def _format_address(address: object) -> str:

@@ -18,14 +18,48 @@ from ..backoff import RetryWindow
 from ..config import ConnectionConfig
 from ..http import HttpRequest, HttpResponse, websocket_key_problem
 from ..log import get_logger
+from ..policy import ConnectionAttributes, PolicyCensus, Resolution
 from ..reasons import CloseReason
 from .connection import Connection, _ids
+from .policy_sources import PolicyStore
 from .sockopts import apply_keepalive
 
-__all__ = ["Handler", "HttpHandler", "Server", "ServerStatistics", "serve", "serve_listeners"]
+__all__ = [
+    "AttributesOf",
+    "Handler",
+    "HttpHandler",
+    "Server",
+    "ServerStatistics",
+    "attributes_from_request",
+    "serve",
+    "serve_listeners",
+]
 
 Handler = Callable[[Connection], Awaitable[object]]
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse | None]]
+AttributesOf = Callable[[HttpRequest], ConnectionAttributes]
+
+
+def attributes_from_request(request: HttpRequest) -> ConnectionAttributes:
+    """The default way to tell a policy who a connection is.
+
+    Query parameters win over headers: ``client_id`` (or ``name``) /
+    ``X-Client-Id`` is the rollout key, ``group`` / ``X-Client-Group``,
+    ``region`` / ``X-Client-Region`` and ``version`` / ``X-Client-Version``
+    are matched by the rules. Without a key the server uses the connection
+    id (so such a client's rollout bucket changes on every reconnect).
+    """
+
+    def pick(query: str, header: str) -> str | None:
+        return request.query.get(query) or request.header(header) or None
+
+    return ConnectionAttributes(
+        key=pick("client_id", "x-client-id") or request.query.get("name") or "",
+        group=pick("group", "x-client-group"),
+        region=pick("region", "x-client-region"),
+        client_version=pick("version", "x-client-version"),
+    )
+
 
 _log = get_logger("trioheart.server")
 _READ: Final = 4096
@@ -44,6 +78,8 @@ class ServerStatistics:
     connections_accepted: int
     #: Closed connections (and failed handshakes) by reason.
     closed: dict[str, int]
+    #: Open connections per policy revision (empty without policies).
+    policy_revisions: dict[int, int] = attrs.field(factory=dict)
 
 
 @final
@@ -66,8 +102,16 @@ class Server:
         metrics: Any,
         drain_timeout: float,
         retry_window: RetryWindow | None = None,
+        policies: PolicyStore | None = None,
+        attributes: AttributesOf | None = None,
     ) -> None:
         self._handler = handler
+        #: The live policies, if the server runs with them.
+        self.policies = policies
+        self._attributes_of = attributes if attributes is not None else attributes_from_request
+        self._attributes: dict[Connection, ConnectionAttributes] = {}
+        #: Connections per (policy revision, rule).
+        self.policy_census = PolicyCensus()
         #: The reconnect window announced when the server shuts down.
         self.retry_window = retry_window
         #: The listeners accepting connections.
@@ -99,16 +143,21 @@ class Server:
 
     def statistics(self) -> ServerStatistics:
         """Counts of open, accepted and closed connections."""
+        revisions: dict[int, int] = {}
+        for (revision, _rule), count in self.policy_census.counts().items():
+            revisions[revision] = revisions.get(revision, 0) + count
         return ServerStatistics(
             connections_open=len(self._connections),
             connections_accepted=self._accepted,
             closed=dict(self._closed),
+            policy_revisions=revisions,
         )
 
     async def wait_until(self, predicate: Callable[[ServerStatistics], bool]) -> None:
         """Wait until *predicate* holds for :meth:`statistics`.
 
-        Checked now and again each time a connection opens or closes, e.g.
+        Checked now and again each time a connection opens or closes, and
+        after a new policy set has been applied, e.g.
         ``await server.wait_until(lambda s: s.connections_open == 0)``.
         """
         while not predicate(self.statistics()):
@@ -154,10 +203,35 @@ class Server:
         if lifetime is None and self.metrics is not None:
             self.metrics.connection_closed(reason.value, None)
 
+    async def _follow_policies(self, store: PolicyStore) -> None:
+        """Apply each new policy set to the open connections it changes."""
+        async for policy_set in store.subscribe():
+            for done, conn in enumerate(list(self._connections)):
+                attributes = self._attributes.get(conn)
+                old = conn.policy
+                if attributes is None or old is None or old.revision >= policy_set.revision:
+                    continue
+                new = policy_set.resolve(attributes)
+                conn.apply_policy(new, new.policy.connection_config(self.config))
+                self.policy_census.move(old, new)
+                if done % 1000 == 999:
+                    await trio.lowlevel.checkpoint()
+            self._changed.unpark_all()
+
+    def _resolve(self, attributes: ConnectionAttributes) -> tuple[Resolution, ConnectionConfig]:
+        assert self.policies is not None
+        resolution = self.policies.current.resolve(attributes)
+        return resolution, resolution.policy.connection_config(self.config)
+
     async def _handle_stream(self, stream: trio.SocketStream) -> None:
         conn_id = f"c{next(_ids)}"
+        config = self.config
+        if self.policies is not None:
+            # Who the client is is known only after the handshake; until then
+            # the socket gets what a client nobody knows would get.
+            config = self._resolve(ConnectionAttributes(key=conn_id))[1]
         try:
-            applied = apply_keepalive(stream.socket, self.config.keepalive)
+            applied = apply_keepalive(stream.socket, config.keepalive)
         except OSError as exc:  # the peer is already gone
             await self._fail(stream, conn_id, CloseReason.CONNECTION_RESET, str(exc))
             return
@@ -166,10 +240,24 @@ class Server:
         if opened is None:
             return
         proto, request, trailing = opened
+        resolution: Resolution | None = None
+        attributes: ConnectionAttributes | None = None
+        if self.policies is not None:
+            attributes = self._attributes_of(request)
+            if not attributes.key:
+                attributes = attrs.evolve(attributes, key=conn_id)
+            before = config
+            resolution, config = self._resolve(attributes)
+            if config.keepalive != before.keepalive:
+                try:
+                    applied = apply_keepalive(stream.socket, config.keepalive)
+                except OSError as exc:
+                    await self._fail(stream, conn_id, CloseReason.CONNECTION_RESET, str(exc))
+                    return
         conn = Connection(
             stream,
             proto,
-            self.config,
+            config,
             path=request.path,
             query=request.query,
             headers=request.headers,
@@ -180,6 +268,18 @@ class Server:
         )
         if self.retry_window is not None:
             conn.shutdown_text = self.retry_window.close_text()
+        if resolution is not None and attributes is not None:
+            conn.policy = resolution
+            self._attributes[conn] = attributes
+            self.policy_census.add(resolution)
+            _log.info(
+                "policy.applied",
+                conn_id=conn_id,
+                rule=resolution.rule,
+                revision=resolution.revision,
+                ping_interval=config.heartbeat.ping_interval,
+                max_window=config.heartbeat.ping_timeout,
+            )
         self._accepted += 1
         self._connections.add(conn)
         self._changed.unpark_all()
@@ -187,6 +287,8 @@ class Server:
             await conn.run(self._handler)
         finally:
             self._connections.discard(conn)
+            if self._attributes.pop(conn, None) is not None and conn.policy is not None:
+                self.policy_census.remove(conn.policy)
             assert conn.close_reason is not None
             self._count_close(conn.close_reason, (conn.closed_at or 0) - conn.opened_at)
 
@@ -389,6 +491,8 @@ async def serve_listeners(
     metrics: Any = None,
     drain_timeout: float = 5.0,
     retry_window: RetryWindow | None = None,
+    policies: PolicyStore | None = None,
+    attributes: AttributesOf | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket connections on listeners the caller made.
@@ -417,6 +521,12 @@ async def serve_listeners(
       retry_window: When clients should reconnect after a shutdown
         (:class:`~trioheart.backoff.RetryWindow`), announced in the close
         frames of ``server_shutdown``.
+      policies: Live heartbeat policies (:class:`~trioheart.PolicyStore`).
+        Each connection runs the policy its attributes resolve to, with
+        *config* for everything a policy does not set; a new policy set
+        reaches open connections without a reconnect.
+      attributes: How to tell who a connection is from its handshake
+        request; :func:`attributes_from_request` by default.
       task_status: Receives the :class:`Server` once it is accepting.
 
     Returns when :meth:`Server.aclose` has closed every connection. On
@@ -433,12 +543,18 @@ async def serve_listeners(
         metrics=metrics,
         drain_timeout=drain_timeout,
         retry_window=retry_window,
+        policies=policies,
+        attributes=attributes,
     )
     try:
         async with trio.open_nursery() as connections:
             server._connections_scope = connections.cancel_scope
             async with trio.open_nursery() as accepting:
                 server._accept_scope = accepting.cancel_scope
+                if server.policies is not None:
+                    accepting.start_soon(server._follow_policies, server.policies)
+                if metrics is not None:
+                    metrics.track_server(server)
                 await accepting.start(
                     functools.partial(
                         trio.serve_listeners,
@@ -469,6 +585,8 @@ async def serve(
     metrics: Any = None,
     drain_timeout: float = 5.0,
     retry_window: RetryWindow | None = None,
+    policies: PolicyStore | None = None,
+    attributes: AttributesOf | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket connections on *host* and *port*.
@@ -487,6 +605,8 @@ async def serve(
         metrics=metrics,
         drain_timeout=drain_timeout,
         retry_window=retry_window,
+        policies=policies,
+        attributes=attributes,
         task_status=task_status,
     )
 
