@@ -20,6 +20,7 @@ from .detector import Action, DetectorConfig, DetectorStatistics, LivenessDetect
 from .errors import ConfigError, ConnectionClosed, HandshakeError, TrioheartError
 from .http import HttpRequest, HttpResponse
 from .keepalive import AppliedKeepalive, KeepaliveConfig
+from .limits import ServerLimits
 from .policy import ConnectionAttributes, PolicyError, PolicySet, ResolvedPolicy
 from .prometheus import Metrics
 from .reasons import CloseReason
@@ -50,6 +51,7 @@ __all__ = [
     "PolicyStore",
     "ResolvedPolicy",
     "Server",
+    "ServerLimits",
     "ServerStatistics",
     "TcpInfo",
     "TomlFileSource",

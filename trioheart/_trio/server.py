@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, final
 
@@ -17,6 +19,7 @@ from wsproto.utilities import generate_accept_token
 from ..backoff import RetryWindow
 from ..config import ConnectionConfig
 from ..http import HttpRequest, HttpResponse, websocket_key_problem
+from ..limits import Admission, ServerLimits
 from ..log import get_logger
 from ..policy import ConnectionAttributes, PolicyCensus, Resolution
 from ..reasons import CloseReason
@@ -65,6 +68,17 @@ _log = get_logger("trioheart.server")
 _READ: Final = 4096
 _LINGER_SECONDS: Final = 1.0
 _LINGER_BYTES: Final = 256 * 1024
+# Refusals that wrote an HTTP response, which a lingering close protects.
+_ANSWERED: Final = frozenset(
+    {
+        CloseReason.HANDSHAKE_FAILED,
+        CloseReason.CONNECTION_LIMIT,
+        CloseReason.ADDRESS_LIMIT,
+        CloseReason.RATE_LIMITED,
+        CloseReason.ORIGIN_REFUSED,
+        CloseReason.AUTH_REFUSED,
+    }
+)
 
 
 @final
@@ -104,8 +118,12 @@ class Server:
         retry_window: RetryWindow | None = None,
         policies: PolicyStore | None = None,
         attributes: AttributesOf | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         self._handler = handler
+        #: What the server admits.
+        self.limits = limits if limits is not None else ServerLimits()
+        self._admission = Admission(self.limits, now=trio.current_time())
         #: The live policies, if the server runs with them.
         self.policies = policies
         self._attributes_of = attributes if attributes is not None else attributes_from_request
@@ -225,6 +243,36 @@ class Server:
 
     async def _handle_stream(self, stream: trio.SocketStream) -> None:
         conn_id = f"c{next(_ids)}"
+        try:
+            address = str(stream.socket.getpeername()[0])
+        except OSError:
+            address = "?"
+        refusal = self._admission.admit(address, now=trio.current_time())
+        if refusal is not None:
+            await self._refuse_at_admission(stream, conn_id, refusal)
+            return
+        try:
+            await self._handle_admitted(stream, conn_id)
+        finally:
+            self._admission.release(address)
+
+    async def _refuse_at_admission(
+        self, stream: trio.SocketStream, conn_id: str, reason: CloseReason
+    ) -> None:
+        status = 503 if reason is CloseReason.CONNECTION_LIMIT else 429
+        retry_after = max(1, math.ceil(self._admission.retry_after()))
+        body = f"{reason.value}\n".encode()
+        head = (
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\nRetry-After: {retry_after}\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        with trio.move_on_after(self.config.handshake_timeout):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(head.encode() + body)
+        await self._fail(stream, conn_id, reason, f"HTTP {status}")
+
+    async def _handle_admitted(self, stream: trio.SocketStream, conn_id: str) -> None:
         config = self.config
         if self.policies is not None:
             # Who the client is is known only after the handshake; until then
@@ -304,7 +352,7 @@ class Server:
             detail=detail,
             duration_s=0.0,
         )
-        if reason is CloseReason.HANDSHAKE_FAILED:
+        if reason in _ANSWERED:
             await _lingering_close(stream)
         else:
             await trio.aclose_forcefully(stream)
@@ -344,6 +392,11 @@ class Server:
                 await self._reject(h, stream, 400, problem)
                 await self._fail(stream, conn_id, CloseReason.HANDSHAKE_FAILED, problem)
                 return None
+            origin = request.header("origin")
+            if self._admission.check_origin(origin) is not None:
+                await self._reject(h, stream, 403, f"origin {origin!r} is not allowed")
+                await self._fail(stream, conn_id, CloseReason.ORIGIN_REFUSED, f"origin {origin!r}")
+                return None
             if self._authorize is not None:
                 refusal = await self._authorize(request)
                 if refusal is not None:
@@ -351,7 +404,7 @@ class Server:
                     await self._fail(
                         stream,
                         conn_id,
-                        CloseReason.HANDSHAKE_FAILED,
+                        CloseReason.AUTH_REFUSED,
                         f"refused with {refusal.status}",
                     )
                     return None
@@ -474,6 +527,9 @@ def _raw_response(response: HttpResponse, headers: list[tuple[str, str]]) -> byt
 
 _REASONS: Final = {
     400: "Bad Request",
+    403: "Forbidden",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
     404: "Not Found",
     413: "Payload Too Large",
     431: "Request Header Fields Too Large",
@@ -493,6 +549,7 @@ async def serve_listeners(
     retry_window: RetryWindow | None = None,
     policies: PolicyStore | None = None,
     attributes: AttributesOf | None = None,
+    limits: ServerLimits | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket connections on listeners the caller made.
@@ -527,6 +584,9 @@ async def serve_listeners(
         reaches open connections without a reconnect.
       attributes: How to tell who a connection is from its handshake
         request; :func:`attributes_from_request` by default.
+      limits: What the server admits (:class:`~trioheart.ServerLimits`):
+        connections in all and per address, the handshake rate, allowed
+        origins. Each refusal is a named close reason and counted.
       task_status: Receives the :class:`Server` once it is accepting.
 
     Returns when :meth:`Server.aclose` has closed every connection. On
@@ -545,6 +605,7 @@ async def serve_listeners(
         retry_window=retry_window,
         policies=policies,
         attributes=attributes,
+        limits=limits,
     )
     try:
         async with trio.open_nursery() as connections:
@@ -587,6 +648,7 @@ async def serve(
     retry_window: RetryWindow | None = None,
     policies: PolicyStore | None = None,
     attributes: AttributesOf | None = None,
+    limits: ServerLimits | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket connections on *host* and *port*.
@@ -607,6 +669,7 @@ async def serve(
         retry_window=retry_window,
         policies=policies,
         attributes=attributes,
+        limits=limits,
         task_status=task_status,
     )
 
