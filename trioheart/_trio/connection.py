@@ -605,6 +605,7 @@ class Connection:
             self._pending += self._proto.send(Ping(payload=ping_id.to_bytes(8, "big")))
             if self._metrics is not None:
                 self._metrics.pings_sent.inc()
+                self._metrics.pong_window.observe(self._detector.window)
         app = self._app_detector
         if app is not None:
             app_action = app.poll(now)

@@ -284,6 +284,8 @@ class Server:
             await self._fail(stream, conn_id, CloseReason.CONNECTION_RESET, str(exc))
             return
         _log.debug("socket.tuned", conn_id=conn_id, **applied.as_dict())
+        if self.metrics is not None:
+            self.metrics.socket_tuned(applied)
         opened = await self._handshake(stream, conn_id)
         if opened is None:
             return
