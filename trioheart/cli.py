@@ -46,8 +46,9 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     demo.add_argument(
         "--log-format",
         choices=["json", "console", "auto"],
-        default="json",
-        help="JSON lines (default), console, or console when stdout is a terminal",
+        default="auto",
+        help="JSON lines, console, or (auto, the default) console when stdout is a "
+        "terminal and JSON lines otherwise",
     )
 
 

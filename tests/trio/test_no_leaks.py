@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import os
 
+import structlog.testing
 import trio
 import trio.testing
 from trio.testing import MockClock
@@ -80,13 +82,19 @@ async def test_hundreds_of_connections_ending_every_way_leave_no_task(
     baseline = set(live_tasks.live)
     spawned_before = live_tasks.spawned
 
-    async with trio.open_nursery() as clients:
-        for way in WAYS:
-            for _ in range(PER_WAY):
-                clients.start_soon(_one, server.port, way)
-    total = PER_WAY * len(WAYS)
-    await server.wait_until(lambda s: sum(s.closed.values()) == total)
-    await server.wait_until(lambda s: s.connections_open == 0)
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as clients:
+            for way in WAYS:
+                for _ in range(PER_WAY):
+                    clients.start_soon(_one, server.port, way)
+        total = PER_WAY * len(WAYS)
+        await server.wait_until(lambda s: sum(s.closed.values()) == total)
+        await server.wait_until(lambda s: s.connections_open == 0)
+    # Every close path emits exactly one connection.closed, with its reason.
+    events = [e for e in logs if e["event"] == "connection.closed"]
+    assert len(events) == total
+    assert len({e["conn_id"] for e in events}) == total
+    assert collections.Counter(e["reason"] for e in events) == {way: PER_WAY for way in WAYS}
     # Let the connections' tasks run to their end (close bookkeeping is their last step).
     await trio.testing.wait_all_tasks_blocked()
 
