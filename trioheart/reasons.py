@@ -57,6 +57,15 @@ class CloseReason(enum.StrEnum):
     #: ``refused`` message before the close says which. The client should
     #: reconnect without resuming.
     RESUME_REFUSED = "resume_refused"
+    #: The room's shared log (the broker, e.g. Redis) cannot be reached, so
+    #: the connection could not join its room. Close code 1013, "try again
+    #: later": the client reconnects with backoff.
+    BROKER_UNAVAILABLE = "broker_unavailable"
+    #: The room's shared log lost or skipped messages this connection was
+    #: owed (it lost its data, or trimmed what this node had not read yet).
+    #: The client reconnects and resumes, and is told ``reset``: it resyncs
+    #: instead of silently missing messages.
+    ROOM_RESET = "room_reset"
     #: Refused at admission because the server holds ``max_connections``
     #: (HTTP 503).
     CONNECTION_LIMIT = "connection_limit"
@@ -120,6 +129,8 @@ _CODES: Final[dict[CloseReason, int]] = {
     CloseReason.SERVER_SHUTDOWN: 1001,
     CloseReason.INTERNAL_ERROR: 1011,
     CloseReason.RESUME_REFUSED: 4009,
+    CloseReason.BROKER_UNAVAILABLE: 1013,
+    CloseReason.ROOM_RESET: 4010,
     CloseReason.CONNECTION_LIMIT: 1006,
     CloseReason.ADDRESS_LIMIT: 1006,
     CloseReason.RATE_LIMITED: 1006,

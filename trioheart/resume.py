@@ -249,7 +249,7 @@ class LogStatistics:
 
 @final
 class RoomLog:
-    """The bounded, sequenced history of one room.
+    r"""The bounded, sequenced history of one room.
 
     Sequence numbers start at 1 and increase by one per :meth:`append`, with
     no holes: trimming drops messages from the log, never numbers from the
@@ -261,19 +261,27 @@ class RoomLog:
       limits: The bounds; :class:`LogLimits` defaults when omitted.
       epoch: A name for this instance. Defaults to 64 random bits in hex,
         which differ from one process (and one log) to the next.
+      last_seq: The head to start from, 0 for a new log. A node that mirrors
+        a log kept elsewhere (:mod:`trioheart.broker`) starts its copy at
+        the first kept entry's ``seq - 1`` and :meth:`add`\ s the entries.
 
     Raises:
-      ConfigError: for an *epoch* that is empty, too long or not printable.
+      ConfigError: for an *epoch* that is empty, too long or not printable,
+        or a *last_seq* that is not a non-negative integer.
     """
 
     __slots__ = ("_appended", "_bytes", "_entries", "_epoch", "_last_seq", "_limits", "_trimmed")
 
-    def __init__(self, limits: LogLimits | None = None, *, epoch: str | None = None) -> None:
+    def __init__(
+        self, limits: LogLimits | None = None, *, epoch: str | None = None, last_seq: int = 0
+    ) -> None:
         self._limits = LogLimits() if limits is None else limits
         self._epoch = secrets.token_hex(8) if epoch is None else _check_epoch(epoch)
+        if not _is_seq(last_seq):
+            raise ConfigError(f"last_seq must be an integer in [0, {_SEQ_MAX}]; got {last_seq!r}")
         self._entries: deque[LogEntry] = deque()
         self._bytes = 0
-        self._last_seq = 0
+        self._last_seq = last_seq
         self._appended = 0
         self._trimmed = 0
 
@@ -333,6 +341,32 @@ class RoomLog:
         self._bytes += entry.size
         self._trim_to_limits(now)
         return entry
+
+    def add(self, entry: LogEntry, *, now: float) -> None:
+        """Keep an entry that was sequenced elsewhere, then trim.
+
+        :meth:`append` numbers messages itself; a node that mirrors a log
+        kept by a broker receives them numbered, in order, and adds them
+        here so that :meth:`since` can replay them.
+
+        Args:
+          entry: The next entry: its seq must be :attr:`last_seq` ``+ 1``.
+          now: The current time, for :attr:`LogLimits.max_age`.
+
+        Raises:
+          ConfigError: if *entry* is not the next one, or *now* is not finite.
+        """
+        now = _check_now(now)
+        if entry.seq != self._last_seq + 1:
+            raise ConfigError(
+                f"entry.seq must be {self._last_seq + 1}, the next in epoch {self._epoch!r}; "
+                f"got {entry.seq!r}"
+            )
+        self._last_seq = entry.seq
+        self._appended += 1
+        self._entries.append(entry)
+        self._bytes += entry.size
+        self._trim_to_limits(now)
 
     def trim(self, *, now: float) -> int:
         """Drop what the bounds no longer allow at *now*. Returns how many were dropped."""
