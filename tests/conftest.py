@@ -59,5 +59,6 @@ def _quiet_structlog() -> None:
 
 # A real etcd on loopback, session-scoped (tests/etcd_server.py).
 from tests.etcd_server import etcd_server  # noqa: E402, F401
+
 # A real Redis on loopback (tests/redis_server.py).
 from tests.redis_server import _redis_session, redis_control, redis_server  # noqa: E402, F401

@@ -18,6 +18,7 @@ Tests that use them skip with the reason printed when the binary is missing.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import shutil
 import signal
@@ -195,10 +196,8 @@ class RedisControl:
     def save_and_stop(self) -> None:
         """``SHUTDOWN SAVE``: it writes its data to disk and exits; :meth:`start` reloads it."""
         if self.process is not None:
-            try:
+            with contextlib.suppress(OSError):  # it closes the connection as it exits
                 command(self.port, "SHUTDOWN", "SAVE")
-            except OSError:
-                pass  # it closes the connection as it exits
             self.process.wait(timeout=10)
             self.process = None
 

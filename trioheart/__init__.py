@@ -6,6 +6,9 @@ private.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from ._trio.broker import EmbeddedBroker
 from ._trio.connection import Connection
 from ._trio.policy_sources import EtcdSource, PolicyStore, TomlFileSource
 from ._trio.server import (
@@ -15,6 +18,7 @@ from ._trio.server import (
     serve,
     serve_listeners,
 )
+from .broker import Broker, BrokerStatistics, BrokerUnavailable, OutboxLimits
 from .config import ConnectionConfig
 from .detector import Action, DetectorConfig, DetectorStatistics, LivenessDetector
 from .errors import ConfigError, ConnectionClosed, HandshakeError, TrioheartError
@@ -26,11 +30,28 @@ from .prometheus import Metrics
 from .reasons import CloseReason
 from .tcpinfo import TcpInfo
 
+if TYPE_CHECKING:
+    from ._trio.redis_broker import RedisBroker, open_redis_broker
+
 __version__ = "0.1.0.dev0"
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis broker needs the optional extra ``trioheart[redis]`` (hiredis),
+    # so it is imported only when asked for.
+    if name in ("RedisBroker", "open_redis_broker"):
+        from ._trio import redis_broker
+
+        return getattr(redis_broker, name)
+    raise AttributeError(f"module 'trioheart' has no attribute {name!r}")
+
 
 __all__ = [
     "Action",
     "AppliedKeepalive",
+    "Broker",
+    "BrokerStatistics",
+    "BrokerUnavailable",
     "CloseReason",
     "ConfigError",
     "Connection",
@@ -39,6 +60,7 @@ __all__ = [
     "ConnectionConfig",
     "DetectorConfig",
     "DetectorStatistics",
+    "EmbeddedBroker",
     "EtcdSource",
     "HandshakeError",
     "HttpRequest",
@@ -46,9 +68,11 @@ __all__ = [
     "KeepaliveConfig",
     "LivenessDetector",
     "Metrics",
+    "OutboxLimits",
     "PolicyError",
     "PolicySet",
     "PolicyStore",
+    "RedisBroker",
     "ResolvedPolicy",
     "Server",
     "ServerLimits",
@@ -58,6 +82,7 @@ __all__ = [
     "TrioheartError",
     "__version__",
     "attributes_from_request",
+    "open_redis_broker",
     "serve",
     "serve_listeners",
 ]

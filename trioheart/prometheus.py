@@ -154,6 +154,20 @@ class Metrics:
         """
         self.registry.register(_ServerCollector(server))
 
+    def track_broker(self, broker: Any) -> None:
+        """Also export what *broker* (a :class:`~trioheart.broker.Broker`) knows at scrape time.
+
+        Adds ``trioheart_broker_up`` (1 while the shared log is reachable),
+        ``trioheart_broker_outages_total``, ``trioheart_broker_rooms``,
+        ``trioheart_broker_outbox_messages``, ``trioheart_broker_outbox_bytes``,
+        ``trioheart_broker_published_total``,
+        ``trioheart_broker_publish_rejected_total``,
+        ``trioheart_broker_delivered_total`` and
+        ``trioheart_broker_room_resets_total``, each with a ``broker`` label
+        (``embedded`` or ``redis``).
+        """
+        self.registry.register(_BrokerCollector(broker))
+
     def socket_tuned(self, applied: Any) -> None:
         """Account one socket's applied L4 settings (an :class:`AppliedKeepalive`)."""
         self.sockets_tuned.labels(keepalive="on" if applied.keepalive else "off").inc()
@@ -273,6 +287,60 @@ class _ServerCollector(Collector):
         for outcome in ("accepted", "rejected", "unchanged"):
             updates.add_metric([outcome], getattr(stats, outcome))
         yield updates
+
+
+class _BrokerCollector(Collector):
+    """Reads a broker's statistics at scrape time."""
+
+    _GAUGES: Final = (
+        ("rooms", "trioheart_broker_rooms", "Rooms open on this node."),
+        (
+            "outbox_messages",
+            "trioheart_broker_outbox_messages",
+            "Messages waiting for the shared log.",
+        ),
+        ("outbox_bytes", "trioheart_broker_outbox_bytes", "Bytes waiting for the shared log."),
+    )
+    _COUNTERS: Final = (
+        ("outages", "trioheart_broker_outages", "Times the shared log became unreachable."),
+        ("published", "trioheart_broker_published", "Messages this node accepted for publishing."),
+        (
+            "rejected",
+            "trioheart_broker_publish_rejected",
+            "Publishes refused because the outbox was full.",
+        ),
+        ("delivered", "trioheart_broker_delivered", "Messages sent to this node's subscribers."),
+        (
+            "room_resets",
+            "trioheart_broker_room_resets",
+            "Rooms whose copy was dropped because the shared log lost or skipped entries.",
+        ),
+    )
+
+    def __init__(self, broker: Any) -> None:
+        self._broker = broker
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._broker.statistics()
+        label = [stats.kind]
+        up = GaugeMetricFamily(
+            "trioheart_broker_up",
+            "1 while the shared room log (the broker) is reachable, else 0.",
+            labels=["broker"],
+        )
+        up.add_metric(label, 1.0 if stats.up else 0.0)
+        yield up
+        for field, name, documentation in self._GAUGES:
+            gauge = GaugeMetricFamily(name, documentation, labels=["broker"])
+            gauge.add_metric(label, getattr(stats, field))
+            yield gauge
+        for field, name, documentation in self._COUNTERS:
+            counter = CounterMetricFamily(name, documentation, labels=["broker"])
+            counter.add_metric(label, getattr(stats, field))
+            yield counter
 
 
 def _gauge_histogram(
