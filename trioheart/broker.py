@@ -442,7 +442,7 @@ class Outbox:
         return self._count
 
     @property
-    def bytes(self) -> int:
+    def queued_bytes(self) -> int:
         """Bytes of message text waiting."""
         return self._bytes
 

@@ -184,7 +184,7 @@ def test_the_outbox_is_bounded_ordered_and_resends_the_same_counters(
         elif op == "fail" and room in flying:
             outbox.failed(flying.pop(room))
         assert len(outbox) == sum(len(q) for q in model.values()) <= max_messages
-        assert outbox.bytes <= max_bytes
+        assert outbox.queued_bytes <= max_bytes
         assert set(outbox.ready()) == set(model) - set(flying)
         for name, queue in model.items():
             assert outbox.counters(name) == tuple(c for c, _ in queue)

@@ -386,7 +386,7 @@ class RedisBroker:
             self._rejected += 1
             limits = self._outbox.limits
             raise BrokerUnavailable(
-                f"the outbox is full ({len(self._outbox)} messages, {self._outbox.bytes} bytes; "
+                f"the outbox is full ({len(self._outbox)} messages, {self._outbox.queued_bytes} bytes; "
                 f"at most {limits.max_messages} and {limits.max_bytes}): Redis has been "
                 f"unreachable since {self._link.down_since}"
             )
@@ -420,7 +420,7 @@ class RedisBroker:
             published=self._published,
             rejected=self._rejected,
             outbox_messages=len(self._outbox),
-            outbox_bytes=self._outbox.bytes,
+            outbox_bytes=self._outbox.queued_bytes,
             delivered=self._delivered,
             room_resets=self._room_resets,
         )

@@ -1,0 +1,333 @@
+"""Fan-out over one, two and three nodes, embedded and on Redis, and resume after a node dies.
+
+``python -m benchmarks.fanout [--quick] [--out DIR]``
+
+For each configuration (the embedded broker on one node; the Redis broker
+on one, two and three nodes) and each number of clients N, it starts the
+nodes as processes (``benchmarks.cluster``), spreads N resuming clients
+over them in one room, has one client publish M messages as fast as it can,
+and times until every client has delivered all M. The rate is N x M
+deliveries over that time. Every client must hold the same M messages in
+the same order (loss and duplicates are counted, and must be 0).
+
+Then, on three Redis nodes with the most clients, it kills one node with
+SIGKILL and measures, for each of its clients, the time from the lost
+connection to the ``resumed`` on another node (the clients wait a random
+0-100 ms before reconnecting), while messages keep flowing: p50, p99, and
+again loss and duplicates.
+
+The clients run in this process and the nodes and Redis in theirs, all on
+the same cores, so the absolute numbers are the machine's; the ratios
+against the embedded broker, measured in the same run, are the result.
+Writes DIR/fanout.json and DIR/fanout.png; prints a table and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from benchmarks.cluster import ChatClient, NodeProcess, start_nodes
+
+KEY = b"fanout-benchmark-key-32-bytes-!!"
+CONFIGS = [("embedded", 1), ("redis", 1), ("redis", 2), ("redis", 3)]
+
+
+def _progress(message: str) -> None:
+    print(f"[fanout] {message}", file=sys.stderr, flush=True)
+
+
+def start_redis(base: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on a free loopback port, no persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (bash scripts/dev system installs it)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            *(binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""),
+            *("--appendonly", "no", "--dir", str(base), "--loglevel", "warning"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.02)
+    process.kill()
+    raise SystemExit("redis-server did not start")
+
+
+def _flush(url: str) -> None:
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(b"FLUSHALL\r\n")
+        sock.recv(16)
+
+
+async def _connect_all(clients: list[ChatClient], urls: list[str], nursery: trio.Nursery) -> None:
+    for i, client in enumerate(clients):
+        nursery.start_soon(lambda c=client, i=i: c.run(urls, start=i % len(urls), retry=0.1))
+        if i % 50 == 49:
+            await trio.sleep(0.01)  # a gentle ramp: the benchmark is fan-out, not accept
+    with trio.fail_after(60):
+        for client in clients:
+            await client.live.wait()
+
+
+def _check(clients: list[ChatClient], expected: int) -> tuple[int, int]:
+    """(lost, duplicated) over all clients, against the first client's history."""
+    reference = [text for _, _, text in clients[0].delivered]
+    lost = duplicated = 0
+    for client in clients:
+        texts = [text for _, _, text in client.delivered]
+        lost += max(0, expected - len(set(texts)))
+        duplicated += len(texts) - len(set(texts)) + client.protocol.statistics().duplicates
+        if texts != reference:
+            lost += sum(1 for a, b in zip(texts, reference, strict=False) if a != b)
+    return lost, duplicated
+
+
+async def measure_fanout(urls: list[str], clients_n: int, messages: int) -> dict[str, Any]:
+    clients = [ChatClient(name=f"c{i}") for i in range(clients_n)]
+    async with trio.open_nursery() as nursery:
+        await _connect_all(clients, urls, nursery)
+        publisher = clients[0]
+        started = trio.current_time()
+        for i in range(messages):
+            await publisher.send(f"m{i}")
+        with trio.fail_after(120):
+            for client in clients:
+                await client.wait_delivered(messages)
+        elapsed = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    lost, duplicated = _check(clients, messages)
+    return {
+        "clients": clients_n,
+        "messages": messages,
+        "deliveries": clients_n * messages,
+        "seconds": elapsed,
+        "rate": clients_n * messages / elapsed,
+        "lost": lost,
+        "duplicated": duplicated,
+    }
+
+
+async def measure_resume(
+    nodes: list[NodeProcess], clients_n: int, messages: int, rng: random.Random
+) -> dict[str, Any]:
+    urls = [f"ws://127.0.0.1:{node.port}" for node in nodes]
+    clients = [ChatClient(name=f"r{i}") for i in range(clients_n)]
+    async with trio.open_nursery() as nursery:
+        for i, client in enumerate(clients):
+            delay = rng.uniform(0.0, 0.1)
+            nursery.start_soon(lambda c=client, i=i, d=delay: c.run(urls, start=i % 3, retry=d))
+            if i % 50 == 49:
+                await trio.sleep(0.01)
+        with trio.fail_after(60):
+            for client in clients:
+                await client.live.wait()
+        talker = clients[1]  # on node 1, which survives
+        for i in range(messages // 2):
+            await talker.send(f"m{i}")
+        nodes[0].kill()
+        for i in range(messages // 2, messages):
+            await talker.send(f"m{i}")
+            await trio.sleep(0.005)
+        moved = clients[0::3]
+        with trio.fail_after(120):
+            for client in clients:
+                await client.wait_delivered(messages)
+            for client in moved:
+                await client.wait_until(lambda c: bool(c.resume_latencies))
+        nursery.cancel_scope.cancel()
+    latencies = sorted(latency for c in moved for latency in c.resume_latencies)
+    lost, duplicated = _check(clients, messages)
+    return {
+        "clients": clients_n,
+        "moved": len(moved),
+        "latencies": latencies,
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "max": latencies[-1],
+        "resyncs": sum(len(c.resyncs) for c in clients),
+        "lost": lost,
+        "duplicated": duplicated,
+    }
+
+
+def run(quick: bool, out: Path) -> dict[str, Any]:
+    sizes = [20] if quick else [200, 1000, 2000]
+    deliveries = 400 if quick else 40_000
+    repeats = 1 if quick else 3
+    resume_clients = 30 if quick else 2000
+    configs = CONFIGS[:3] if quick else CONFIGS
+    rng = random.Random(8)
+    results: list[dict[str, Any]] = []
+    resume: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        redis, url = start_redis(Path(tmp))
+        try:
+            for clients_n in sizes:
+                messages = max(10, deliveries // clients_n)
+                for broker, count in configs:
+                    rates = []
+                    for repeat in range(repeats):
+                        _flush(url)
+                        nodes = start_nodes(
+                            count, redis=url if broker == "redis" else None, key=KEY
+                        )
+                        try:
+                            urls = [f"ws://127.0.0.1:{n.port}" for n in nodes]
+                            result = trio.run(measure_fanout, urls, clients_n, messages)
+                        finally:
+                            for node in nodes:
+                                node.stop()
+                        rates.append(result)
+                        _progress(
+                            f"{broker} x{count} N={clients_n} M={messages} #{repeat + 1}: "
+                            f"{result['rate']:,.0f} deliveries/s "
+                            f"(lost {result['lost']}, dup {result['duplicated']})"
+                        )
+                    median = statistics.median(r["rate"] for r in rates)
+                    results.append(
+                        {
+                            "broker": broker,
+                            "nodes": count,
+                            "clients": clients_n,
+                            "messages": messages,
+                            "rate_median": median,
+                            "rates": [r["rate"] for r in rates],
+                            "lost": sum(r["lost"] for r in rates),
+                            "duplicated": sum(r["duplicated"] for r in rates),
+                        }
+                    )
+            for row in results:
+                base = next(
+                    r["rate_median"]
+                    for r in results
+                    if r["broker"] == "embedded" and r["clients"] == row["clients"]
+                )
+                row["ratio_vs_embedded"] = row["rate_median"] / base
+            _flush(url)
+            nodes = start_nodes(3, redis=url, key=KEY)
+            try:
+                _progress(f"resume after a node kill: 3 nodes, {resume_clients} clients")
+                resume = trio.run(measure_resume, nodes, resume_clients, 40, rng)
+            finally:
+                for node in nodes:
+                    node.kill()
+            _progress(
+                f"resume: {resume['moved']} clients moved, p50 {resume['p50'] * 1000:.0f} ms, "
+                f"p99 {resume['p99'] * 1000:.0f} ms (lost {resume['lost']}, "
+                f"dup {resume['duplicated']})"
+            )
+        finally:
+            redis.send_signal(signal.SIGTERM)
+            redis.wait(timeout=10)
+    return {
+        "benchmark": "fanout",
+        "command": "python -m benchmarks.fanout" + (" --quick" if quick else ""),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "note": (
+            "rate = clients x messages / seconds until every client delivered every message; "
+            "nodes, Redis and the clients share the same cores; ratio_vs_embedded compares "
+            "with the embedded broker on one node, same run, same N"
+        ),
+        "fanout": results,
+        "resume_after_node_kill": resume,
+    }
+
+
+def _table(report: dict[str, Any]) -> str:
+    lines = [f"{'broker':<9}{'nodes':>6}{'clients':>9}{'msgs':>7}{'deliveries/s':>15}{'ratio':>8}"]
+    for row in report["fanout"]:
+        lines.append(
+            f"{row['broker']:<9}{row['nodes']:>6}{row['clients']:>9}{row['messages']:>7}"
+            f"{row['rate_median']:>15,.0f}{row['ratio_vs_embedded']:>8.2f}"
+        )
+    resume = report["resume_after_node_kill"]
+    lines.append(
+        f"resume after SIGKILL of 1 of 3 nodes: {resume['moved']} clients, "
+        f"p50 {resume['p50'] * 1000:.0f} ms, p99 {resume['p99'] * 1000:.0f} ms, "
+        f"max {resume['max'] * 1000:.0f} ms, lost {resume['lost']}, dup {resume['duplicated']}"
+    )
+    return "\n".join(lines)
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for broker, count in CONFIGS:
+        rows = [r for r in report["fanout"] if (r["broker"], r["nodes"]) == (broker, count)]
+        if rows:
+            left.plot(
+                [r["clients"] for r in rows],
+                [r["rate_median"] for r in rows],
+                marker="o",
+                label=f"{broker}, {count} node{'s' if count > 1 else ''}",
+            )
+    left.set_xlabel("clients in the room")
+    left.set_ylabel("deliveries per second (median)")
+    left.set_title("Fan-out, one room")
+    left.legend()
+    left.grid(alpha=0.3)
+    latencies = [x * 1000 for x in report["resume_after_node_kill"]["latencies"]]
+    right.hist(latencies, bins=30)
+    right.set_xlabel("lost connection -> resumed on another node (ms)")
+    right.set_ylabel("clients")
+    right.set_title("Resume after SIGKILL of 1 of 3 nodes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fanout", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = run(args.quick, args.out)
+    (args.out / "fanout.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report, args.out / "fanout.png")
+    print(_table(report))
+    print(f"wrote {args.out / 'fanout.json'} and {args.out / 'fanout.png'}")
+    print(f"re-create with: {report['command']} --out {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
