@@ -238,6 +238,7 @@ class ChatClient:
     lost_at: float | None = None
     resume_latencies: list[float] = attrs.field(factory=list)
     epoch: str | None = None
+    last_error: str = ""
     _changed: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     _ws: Any = None
     live: trio.Event = attrs.field(factory=trio.Event)
@@ -259,6 +260,19 @@ class ChatClient:
         """Wait until *predicate* holds; checked after every message (bound it)."""
         while not predicate(self):
             await self._changed.park()
+
+    async def publish(self, texts: Sequence[str], *, window: int = 16) -> None:
+        """Send *texts* with at most *window* of its own not yet delivered back to it.
+
+        A closed loop, as a chat client is: a sender that outruns the
+        server's bounded receive queue is closed as ``slow_consumer``.
+        Raises :class:`RuntimeError` if a send finds no connection.
+        """
+        start = len(self.delivered)
+        for i, text in enumerate(texts):
+            await self.wait_until(lambda c, i=i: len(c.delivered) - start >= i - window)
+            if not await self.send(text):
+                raise RuntimeError(f"{self.name} has no connection to send {text!r} on")
 
     async def send(self, text: str) -> bool:
         """Send a chat line on the current connection; False if there is none."""
@@ -318,8 +332,8 @@ class ChatClient:
                             self._on(message)
                         if self.protocol.state.value in ("broken", "refused"):
                             break
-            except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError):
-                pass
+            except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError) as exc:
+                self.last_error = repr(exc)
             finally:
                 self._ws = None
                 self.protocol.connection_lost()
