@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -350,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key", default="00" * 32, help="the resume key, hex (shared by nodes)")
     parser.add_argument("--max-messages", type=int, default=10_000)
     args = parser.parse_args(argv)
+    # Standard output carries only the READY line (the parent reads no more
+    # of it, so a chatty log there would fill the pipe and stall the node).
+    trioheart.log.configure_logging(json=True, level=logging.WARNING, stream=sys.stderr)
     limits = LogLimits(max_messages=args.max_messages, max_bytes=4_000_000, max_age=300.0)
     trio.run(
         lambda: run_node(

@@ -382,3 +382,21 @@ async def test_an_error_reply_is_raised_and_the_connection_stays_usable(
             assert not conn.broken
         finally:
             await conn.aclose()
+
+
+async def test_a_cancelled_join_leaves_the_redis_connections_intact(
+    redis_server: RedisServer,
+) -> None:
+    async with nodes(redis_server.url, 1) as (a,):
+        for room in ("r1", "r2", "r3"):
+            sub = FakeSubscriber(room)
+            with trio.move_on_after(0.0005):  # cancelled while its room opens, or before
+                await a.join(room, sub)
+            assert sub.texts == [] or sub.messages[0]["type"] == "hello"
+        assert a.up
+        sub = FakeSubscriber("after")
+        assert isinstance(await a.join("r1", sub), NewSession)
+        await a.publish("r1", chat("still fine"))
+        with trio.fail_after(WAIT):
+            await sub.wait_chat(1)
+        assert a.statistics().outages == 0

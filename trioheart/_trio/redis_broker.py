@@ -270,6 +270,7 @@ class RedisBroker:
         self._cmd_lock = trio.Lock()
         self._failed = trio.Event()
         self._failure = ""
+        self._session_was_up = False
         self._session: trio.Nursery | None = None
         self._reader_id: int | None = None
         self._shas: tuple[str, str] = ("", "")
@@ -615,6 +616,8 @@ class RedisBroker:
                 )
             self._up_changed.unpark_all()
             now = trio.current_time()
+            if self._session_was_up:
+                retrier, self._session_was_up = None, False  # a new outage: from the start
             if retrier is None:
                 retrier = self._backoff.retrier(rng=self._rng, now=now)
             delay = retrier.next_delay(now=now)
@@ -643,6 +646,7 @@ class RedisBroker:
                     raise RedisUnavailable(f"no reply within {self._timeout} s")
                 await self._reconcile_all(cmd)
                 self._cmd = cmd
+                self._session_was_up = True
                 recovered = self._link.connected(now=self._clock())
                 if recovered is not None:
                     _log.info(
