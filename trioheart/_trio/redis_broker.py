@@ -385,9 +385,9 @@ class RedisBroker:
         counter = self._outbox.offer(room, prefix)
         if counter is None:
             self._rejected += 1
-            limits = self._outbox.limits
+            limits, queued = self._outbox.limits, self._outbox.queued_bytes
             raise BrokerUnavailable(
-                f"the outbox is full ({len(self._outbox)} messages, {self._outbox.queued_bytes} bytes; "
+                f"the outbox is full ({len(self._outbox)} messages, {queued} bytes; "
                 f"at most {limits.max_messages} and {limits.max_bytes}): Redis has been "
                 f"unreachable since {self._link.down_since}"
             )
