@@ -7,13 +7,22 @@ fixed behaviour directly.
 
 from __future__ import annotations
 
-import pytest
+import contextlib
+import functools
 
+import pytest
+import structlog.testing
+import trio
+from trio.testing import MockClock
+from wsproto.events import Ping
+
+import trioheart
+from tests.trio.wsclient import handshake
 from trioheart.backoff import RetryWindow
 from trioheart.errors import ConfigError
 from trioheart.policy import PolicyError, load_policy_toml, policy_set_from_kv
 
-from . import targets
+from . import targets, wire
 
 
 def test_deeply_nested_policy_file_is_a_policy_error() -> None:
@@ -44,3 +53,54 @@ def test_drain_message_with_a_huge_integer_is_ignored() -> None:
         RetryWindow(earliest=0, latest=huge)
     text = '{"type": "drain", "retry": [' + str(huge) + ", null]}"
     targets.check_close_text(targets.CloseInput(code=1000, text=text))
+
+
+def test_ping_flood_behind_a_blocked_write_is_bounded_in_process() -> None:
+    """Finding: pongs piled up without bound while a write was blocked.
+
+    The reader answers each ping by appending a pong to the send buffer;
+    only messages the application sent were checked against
+    ``max_send_buffer``. With a write blocked (the peer sends but does not
+    read), a ping flood grew the buffer until ``send_timeout``. Found by the
+    ``ws_frames`` seed corpus (40 pings, writer blocked) and its hypothesis
+    slice. Minimized: 33 pings of 125 bytes > 4096 bytes of pongs.
+    """
+    ping = wire.Frame(opcode=wire.PING, payload=b"p" * 125).encode()
+    value = targets.FramesInput(data=ping * 33, writer_blocked=True)
+    result: list[targets.FramesResult] = []
+    targets.in_trio(lambda v: result.append(targets.run_frames(v)), value)
+    assert result[0].reason is trioheart.CloseReason.SLOW_CONSUMER
+
+
+@pytest.fixture
+def clock() -> MockClock:
+    return MockClock(autojump_threshold=0.002)
+
+
+async def test_ping_flood_behind_a_blocked_write_closes_as_slow_consumer(
+    clock: MockClock, nursery: trio.Nursery
+) -> None:
+    """The same finding over loopback: the peer does not read, and floods pings."""
+    config = trioheart.ConnectionConfig(max_send_buffer=64 * 1024, send_timeout=30)
+
+    async def flood_the_peer(conn: trioheart.Connection) -> None:
+        while True:
+            await conn.send(b"x" * 16384)  # blocks once the peer's buffers are full
+
+    server: trioheart.Server = await nursery.start(
+        functools.partial(trioheart.serve, flood_the_peer, "127.0.0.1", 0, config=config)
+    )
+    stream, ws = await handshake(server.port)
+    await trio.sleep(1)  # the handler's write is blocked by now: we never read
+    ping = ws.send(Ping(payload=b"p" * 125))
+    start = trio.current_time()
+    with structlog.testing.capture_logs() as logs, trio.fail_after(60):
+        with contextlib.suppress(trio.BrokenResourceError):
+            for _ in range(1000):  # 127 KB of pongs, twice max_send_buffer
+                await stream.send_all(ping)
+        await server.wait_until(lambda s: bool(s.closed))
+    await stream.aclose()
+    assert server.statistics().closed == {"slow_consumer": 1}
+    [closed] = [event for event in logs if event["event"] == "connection.closed"]
+    assert closed["detail"].startswith("replies over max_send_buffer"), closed
+    assert trio.current_time() - start < config.send_timeout
