@@ -104,3 +104,22 @@ async def test_ping_flood_behind_a_blocked_write_closes_as_slow_consumer(
     [closed] = [event for event in logs if event["event"] == "connection.closed"]
     assert closed["detail"].startswith("replies over max_send_buffer"), closed
     assert trio.current_time() - start < config.send_timeout
+
+
+@pytest.mark.parametrize("ping_id", ["1e400", "-1e999", "NaN", "[1, Infinity]"])
+def test_app_pong_is_strict_json_even_for_an_id_that_is_not(ping_id: str) -> None:
+    """Finding: the server answered ``{"id": 1e400}`` with ``{"id":Infinity}``.
+
+    Python's json reads 1e400 as inf and NaN/Infinity as floats, and wrote
+    them back as ``Infinity``/``NaN``, which JSON.parse in a browser
+    rejects: the client's heartbeat handler would fail on the server's
+    pong. Now such an id is left out of the pong. Found by the hypothesis
+    slice of ``app_messages``.
+    """
+    ping = '{"type":"ping","id":' + ping_id + "}"
+    value = targets.AppInput(texts=(ping, '{"type":"ping","id":7}'))
+    targets.in_trio(targets.check_app, value)
+    result: list[targets.FramesResult] = []
+    frames = targets.FramesInput(data=wire.text_frame(ping) + wire.text_frame(ping))
+    targets.in_trio(lambda v: result.append(targets.run_frames(v)), frames)
+    assert result[0].output.texts == ['{"type":"pong"}'] * 2

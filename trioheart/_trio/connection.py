@@ -754,10 +754,12 @@ class Connection:
             reply: dict[str, object] = {"type": "pong"}
             if "id" in body:
                 reply["id"] = body["id"]
+            try:
+                answer = json.dumps(reply, separators=(",", ":"), allow_nan=False)
+            except ValueError:  # an id holding NaN or Infinity, which JSON does not have
+                answer = '{"type":"pong"}'
             if self._proto.state is ConnectionState.OPEN:
-                self._pending += self._proto.send(
-                    TextMessage(data=json.dumps(reply, separators=(",", ":")))
-                )
+                self._pending += self._proto.send(TextMessage(data=answer))
             return True
         if kind == "pong" and self._app_detector is not None:
             ping_id = body.get("id")
