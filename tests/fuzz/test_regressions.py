@@ -21,6 +21,7 @@ from tests.trio.wsclient import handshake
 from trioheart.backoff import RetryWindow
 from trioheart.errors import ConfigError
 from trioheart.policy import PolicyError, load_policy_toml, policy_set_from_kv
+from trioheart.resume import ResumeClient, ResumeProtocolError
 
 from . import targets, wire
 
@@ -123,3 +124,23 @@ def test_app_pong_is_strict_json_even_for_an_id_that_is_not(ping_id: str) -> Non
     frames = targets.FramesInput(data=wire.text_frame(ping) + wire.text_frame(ping))
     targets.in_trio(lambda v: result.append(targets.run_frames(v)), frames)
     assert result[0].output.texts == ['{"type":"pong"}'] * 2
+
+
+def test_a_hello_without_epoch_leaves_no_half_session() -> None:
+    """Finding: ResumeClient kept the token of a hello that lacked its epoch.
+
+    ``hello`` stored session and token before it found the epoch missing
+    and raised ResumeProtocolError; the next start_connection() then hit
+    ``assert self._epoch is not None`` (and under ``python -O`` would have
+    sent a resume with epoch null). Found by atheris on ``resume_client``
+    (a mutated seed, "epoch" misspelt); minimized below.
+    """
+    data = b'\x00\xff{"type":"hello","session":"s","token":"t","seq":3}\xff\x01\xff\x00'
+    targets.TARGETS["resume_client"].run_bytes(data)
+    client = ResumeClient()
+    assert client.start_connection() is None
+    with pytest.raises(ResumeProtocolError, match="epoch"):
+        client.receive('{"type":"hello","session":"s","token":"t","seq":3}')
+    client.connection_lost()
+    assert not client.can_resume
+    assert client.start_connection() is None  # a fresh connection, not a broken resume
