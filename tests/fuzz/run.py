@@ -34,7 +34,9 @@ from typing import Any
 from .targets import TARGETS, in_trio
 
 _STAT = re.compile(r"^stat::(\w+):\s+(\d+)", re.M)
-_PULSE = re.compile(r"^#(\d+)\s+(?:DONE|pulse|NEW|REDUCE|INITED)\s+cov: (\d+) ft: (\d+) corp: (\d+)", re.M)
+_PULSE = re.compile(
+    r"^#(\d+)\s+(?:DONE|pulse|NEW|REDUCE|INITED)\s+cov: (\d+) ft: (\d+) corp: (\d+)", re.M
+)
 _ARTIFACT = re.compile(r"Test unit written to (\S+)")
 
 
@@ -44,6 +46,11 @@ def _seed_corpus(directory: Path, name: str) -> None:
         return
     for i, seed in enumerate(TARGETS[name].seeds()):
         (directory / f"seed-{i:03d}").write_bytes(seed)
+
+
+def _dict_entry(token: bytes) -> str:
+    """One line of a libFuzzer dictionary: the token, every byte escaped."""
+    return '"' + "".join(f"\\x{byte:02x}" for byte in token) + '"\n'
 
 
 def fuzz_one(
@@ -68,6 +75,10 @@ def fuzz_one(
         f"-artifact_prefix={artifacts}/{name}-",
         str(target_corpus),
     ]
+    if target.dictionary:
+        dictionary = artifacts / f"{name}.dict"
+        dictionary.write_text("".join(_dict_entry(token) for token in target.dictionary))
+        args.insert(5, f"-dict={dictionary}")
     if max_time is not None:
         args.insert(5, f"-max_total_time={max_time}")
     started = time.monotonic()
@@ -122,7 +133,9 @@ def reproduce(name: str, path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fuzz.run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fuzz.run", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}, or all")
     parser.add_argument("--runs", type=int, default=10_000, help="inputs per target")
     parser.add_argument("--corpus", type=Path, help="corpus directory (kept between runs)")
@@ -142,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import atheris  # noqa: F401
     except ImportError:
-        print("atheris is not installed (pip install -e '.[test]' on Linux x86-64)", file=sys.stderr)
+        print(
+            "atheris is not installed (pip install -e '.[test]' on Linux x86-64)", file=sys.stderr
+        )
         return 2
 
     scratch = Path(tempfile.mkdtemp(prefix="trioheart-fuzz-"))
@@ -167,13 +182,17 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     print()
-    header = f"{'target':<14}{'inputs':>10}{'cov':>7}{'ft':>7}{'corpus':>8}{'exec/s':>8}{'rss MB':>8}{'s':>7}  findings"
+    header = (
+        f"{'target':<14}{'inputs':>10}{'cov':>7}{'ft':>7}{'corpus':>8}{'exec/s':>8}"
+        f"{'rss MB':>8}{'s':>7}  findings"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         print(
             f"{r['target']:<14}{r['executed']:>10}{r['cov']:>7}{r['ft']:>7}{r['corpus']:>8}"
-            f"{r['exec_per_s']:>8}{r['peak_rss_mb'] or '?':>8}{r['seconds']:>7}  {len(r['findings'])}"
+            f"{r['exec_per_s']:>8}{r['peak_rss_mb'] or '?':>8}{r['seconds']:>7}"
+            f"  {len(r['findings'])}"
         )
     total = sum(r["executed"] for r in results)
     found = [(r["target"], f) for r in results for f in r["findings"]]
