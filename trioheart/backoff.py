@@ -66,7 +66,13 @@ def _seconds(field: str, value: object, *, allow_zero: bool = False) -> float:
     if not ok:  # NaN fails this too
         kind = "non-negative" if allow_zero else "positive"
         raise ConfigError(f"{field} must be a {kind}, finite number of seconds; got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float (JSON allows it)
+        raise ConfigError(
+            f"{field} must be a finite number of seconds; got an integer of "
+            f"{len(str(abs(value)))} digits"
+        ) from None
 
 
 def _positive_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:

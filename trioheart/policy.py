@@ -1190,6 +1190,9 @@ class PolicySet:
         return self.default_overrides == other.default_overrides and self.rules == other.rules
 
 
+_TOO_DEEP: Final = "not a valid TOML document: arrays or tables nested too deeply"
+
+
 def load_policy_toml(text: str | bytes) -> PolicySet:
     """Parse and check a policy file (see :doc:`/reference/policy-file`).
 
@@ -1200,6 +1203,8 @@ def load_policy_toml(text: str | bytes) -> PolicySet:
         data = tomllib.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PolicyError([PolicyProblem("", "", f"not a valid TOML document: {exc}")]) from exc
+    except RecursionError as exc:  # tomllib recurses once per level of nesting
+        raise PolicyError([PolicyProblem("", "", _TOO_DEEP)]) from exc
     return PolicySet.from_mapping(data)
 
 
@@ -1235,6 +1240,9 @@ def policy_set_from_kv(items: Mapping[str, bytes], *, prefix: str, revision: int
             table = tomllib.loads(items[key].decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             problems.append(PolicyProblem(rule, "", f"{key} is not a valid TOML document: {exc}"))
+            continue
+        except RecursionError:
+            problems.append(PolicyProblem(rule, "", f"{key}: {_TOO_DEEP}"))
             continue
         target[rule] = table
     try:

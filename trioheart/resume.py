@@ -1307,14 +1307,16 @@ class ResumeClient:
     def _control(self, kind: str, message: Mapping[str, Any]) -> list[ClientEvent]:
         state = self._state
         if kind == "hello" and state is ClientState.AWAITING_HELLO:
+            # Every field is checked before any is kept: a hello that lacks
+            # one must leave no half-made session behind.
             seq = _seq_field(message)
-            self._session = _field(message, "session", str)
-            self._token = _field(message, "token", str)
-            self._epoch = _field(message, "epoch", str)
-            self._last_seq = seq
+            session = _field(message, "session", str)
+            token = _field(message, "token", str)
+            epoch = _field(message, "epoch", str)
+            self._session, self._token, self._epoch, self._last_seq = session, token, epoch, seq
             self._state = ClientState.LIVE
             self._sessions += 1
-            return [SessionStarted(session=self._session, epoch=self._epoch, seq=seq)]
+            return [SessionStarted(session=session, epoch=epoch, seq=seq)]
         if kind == "resumed" and state is ClientState.RESUMING:
             seq = _seq_field(message)
             replayed = _seq_field({"type": "resumed", "seq": message.get("replay")})

@@ -647,6 +647,8 @@ class Connection:
             elif isinstance(event, Ping):
                 if proto.state is ConnectionState.OPEN:
                     self._pending += proto.send(event.response())
+                    if self._send_buffer_overrun():
+                        return True
             elif isinstance(event, Pong):
                 self._on_pong(event.payload, now)
             elif isinstance(event, CloseConnection):
@@ -706,7 +708,7 @@ class Connection:
             message = event.data if isinstance(event, TextMessage) else bytes(event.data)
         self._partial_size = 0
         if isinstance(event, TextMessage) and self._on_app_heartbeat(message, now):  # type: ignore[arg-type]
-            return False
+            return self._send_buffer_overrun()
         if (
             len(self._inbox) >= self._config.max_queued_messages
             or self._inbox_bytes + len(message) > self._config.max_queued_bytes
@@ -721,6 +723,21 @@ class Connection:
         if self._app_detector is not None:
             self._app_detector.on_activity(now)
         return False
+
+    def _send_buffer_overrun(self) -> bool:
+        """Close as ``slow_consumer`` if replies (pongs) overran the send buffer.
+
+        Replies pile up while a write is blocked (the peer sends but does
+        not read); without this bound a ping flood would grow them without
+        limit. True means stop reading.
+        """
+        if len(self._pending) <= self._config.max_send_buffer:
+            return False
+        self._begin_close(
+            CloseReason.SLOW_CONSUMER,
+            detail=f"replies over max_send_buffer={self._config.max_send_buffer}",
+        )
+        return True
 
     def _on_app_heartbeat(self, text: str, now: float) -> bool:
         """Answer or account an app-level heartbeat. True if *text* was one."""
@@ -737,10 +754,12 @@ class Connection:
             reply: dict[str, object] = {"type": "pong"}
             if "id" in body:
                 reply["id"] = body["id"]
+            try:
+                answer = json.dumps(reply, separators=(",", ":"), allow_nan=False)
+            except ValueError:  # an id holding NaN or Infinity, which JSON does not have
+                answer = '{"type":"pong"}'
             if self._proto.state is ConnectionState.OPEN:
-                self._pending += self._proto.send(
-                    TextMessage(data=json.dumps(reply, separators=(",", ":")))
-                )
+                self._pending += self._proto.send(TextMessage(data=answer))
             return True
         if kind == "pong" and self._app_detector is not None:
             ping_id = body.get("id")
