@@ -22,8 +22,12 @@ The window adapts (``adaptive=True``, the default) to the RTTs measured::
     q_hi   = RTT quantile rtt_quantile (0.95) of the last rtt_samples (64) pongs
     q_50   = RTT median of the same samples
     J      = q_hi - q_50                                (jitter)
-    RTO    = q_50 + max(rto_min, 2 J)                   (Linux-style TCP RTO estimate)
-    k      = loss_allowance + loss_boost * late         (late: EWMA in [0, 1])
+    SRTT   = mean of the samples up to q_hi             (outliers left out, as TCP's
+                                                         Karn rule leaves out
+                                                         retransmitted samples)
+    RTO    = SRTT + max(rto_min, 2.36 (q_75 - q_25))    (Linux: SRTT + max(200 ms,
+                                                         4 mdev); mdev = 0.59 IQR)
+    k      = loss_allowance                             (4: survives 4 losses in a row)
     window = clamp(q_hi + jitter_factor * J + RTO * (2**k - 1),
                    min_window, ping_timeout)
 
@@ -142,12 +146,12 @@ class DetectorConfig:
         200 ms).
       loss_allowance: How many consecutive TCP losses of one ping or pong
         the window survives, through ``RTO * (2**k - 1)``.
-      loss_boost: Extra losses allowed while pongs have recently been late
-        (scaled by the late EWMA, so 0 on a clean path).
       stall_grace: After a local stall, no conviction before this long has
         passed, so the peer gets one more chance to be heard.
-      stall_threshold: A :meth:`LivenessDetector.poll` this much later than
-        :meth:`LivenessDetector.wake_at` is taken as a local stall.
+      stall_threshold: A :meth:`LivenessDetector.poll` more than this much
+        later than :meth:`LivenessDetector.wake_at`, for an outstanding ping,
+        is taken as a local stall (once per ping): the stall monitor may not
+        have reported yet.
 
     Raises:
       ConfigError: naming the field and the value, for a non-positive,
@@ -176,9 +180,8 @@ class DetectorConfig:
     jitter_factor: float = attrs.field(default=1.0, validator=_non_negative_finite)
     rto_min: float = attrs.field(default=0.2, validator=_positive_finite)
     loss_allowance: float = attrs.field(default=4.0, validator=_loss_count)
-    loss_boost: float = attrs.field(default=4.0, validator=_loss_count)
     stall_grace: float = attrs.field(default=0.05, validator=_non_negative_finite)
-    stall_threshold: float = attrs.field(default=0.05, validator=_positive_finite)
+    stall_threshold: float = attrs.field(default=0.001, validator=_positive_finite)
 
     def __attrs_post_init__(self) -> None:
         if not self.min_interval <= self.ping_interval <= self.max_interval:
@@ -256,6 +259,7 @@ class LivenessDetector:
     __slots__ = (
         "_activity_at",
         "_config",
+        "_graced",
         "_health",
         "_interval",
         "_irregularity",
@@ -312,6 +316,7 @@ class LivenessDetector:
         self._ping_stall = 0.0
         self._stalled_until = -math.inf
         self._not_before = -math.inf
+        self._graced = False
         self._stall_count = 0
         self._stall_total = 0.0
         self._stall_max = 0.0
@@ -395,7 +400,9 @@ class LivenessDetector:
         *stall_threshold* after :meth:`wake_at` for an outstanding ping is
         taken as a local stall from :meth:`wake_at` to *now* (the caller was
         asleep when it should have been awake), and the peer gets
-        *stall_grace* more to be heard instead of a conviction.
+        *stall_grace* more to be heard instead of a conviction. This
+        happens at most once per ping, so a caller that is always a little
+        late still convicts.
         """
         if self._ping_sent_at is None:
             return Action.SEND_PING if now >= self._next_ping_at else None
@@ -403,7 +410,12 @@ class LivenessDetector:
         if now < due:
             return None
         config = self._config
-        if config.stall_compensation and now - due > config.stall_threshold:
+        if config.stall_compensation and not self._graced and now - due > config.stall_threshold:
+            # We were asleep when we should have been awake: whatever the
+            # peer sent meanwhile waits unread in our socket buffer, and the
+            # stall monitor may not have reported yet. Once per ping, treat
+            # it as a stall and give the peer one more chance.
+            self._graced = True
             self._late_polls += 1
             self._stall(now, now - due, counted=False)
             if now < self.wake_at():
@@ -421,6 +433,7 @@ class LivenessDetector:
         self._ping_sent_at = now
         self._shift = 0.0
         self._ping_stall = 0.0
+        self._graced = False
         return self._ping_id
 
     def on_pong(self, now: float, ping_id: int) -> float | None:
@@ -514,11 +527,14 @@ class LivenessDetector:
         config = self._config
         rtts = self._rtts
         if len(rtts):
-            q50 = rtts.quantile(0.5)
-            qhi = rtts.quantile(config.rtt_quantile)
+            q25, q50, q75, qhi, srtt = rtts.summary(config.rtt_quantile)
             jitter = qhi - q50
-            spread = 2.0 * jitter
-            self._rto = q50 + (spread if spread > config.rto_min else config.rto_min)
+            # Linux: RTO = SRTT + max(TCP_RTO_MIN, 4 * mdev). SRTT is a mean:
+            # here the mean of the samples up to q_hi, so that pongs delayed
+            # by retransmissions (TCP leaves them out: Karn's rule) do not
+            # count; mdev of a normal is 0.59 times its interquartile range.
+            mdev4 = 2.36 * (q75 - q25)
+            self._rto = srtt + (mdev4 if mdev4 > config.rto_min else config.rto_min)
             self._q50 = q50
             self._qhi = qhi
             self._jitter = jitter
@@ -533,9 +549,10 @@ class LivenessDetector:
         if len(rtts) < MIN_RTT_SAMPLES:
             window = config.ping_timeout
         else:
-            losses = config.loss_allowance + config.loss_boost * self._late
             window = (
-                self._qhi + config.jitter_factor * self._jitter + self._rto * (2.0**losses - 1.0)
+                self._qhi
+                + config.jitter_factor * self._jitter
+                + self._rto * (2.0**config.loss_allowance - 1.0)
             )
             if window > config.ping_timeout:
                 window = config.ping_timeout

@@ -110,6 +110,52 @@ class SlidingQuantiles:
             index = n - 1
         return srt[index]
 
+    def mean_up_to(self, q: float) -> float:
+        """The mean of the kept samples up to the *q*-quantile (a trimmed mean).
+
+        Returns:
+          The mean of the smallest ``ceil(q * n)`` samples (at least one),
+          or NaN when no sample was added yet.
+        """
+        srt = self._sorted
+        n = len(srt)
+        if n == 0:
+            return math.nan
+        count = math.ceil(q * n)
+        if count < 1:
+            count = 1
+        elif count > n:
+            count = n
+        return sum(srt[:count]) / count
+
+    def summary(self, q: float) -> tuple[float, float, float, float, float]:
+        """``(q_25, q_50, q_75, q_q, mean up to q_q)`` in one call (the detector's hot path).
+
+        The same values as :meth:`quantile` and :meth:`mean_up_to` give;
+        all NaN when no sample was added yet.
+        """
+        srt = self._sorted
+        n = len(srt)
+        if n == 0:
+            nan = math.nan
+            return nan, nan, nan, nan, nan
+        last = n - 1
+        i25 = math.ceil(0.25 * n) - 1
+        i50 = math.ceil(0.5 * n) - 1
+        i75 = math.ceil(0.75 * n) - 1
+        count = math.ceil(q * n)
+        if count < 1:
+            count = 1
+        elif count > n:
+            count = n
+        return (
+            srt[i25 if i25 > 0 else 0],
+            srt[i50 if i50 > 0 else 0],
+            srt[i75 if i75 < last else last],
+            srt[count - 1],
+            sum(srt[:count]) / count,
+        )
+
     def values(self) -> list[float]:
         """The kept samples, oldest first (a copy)."""
         if len(self._ring) < self._size:
