@@ -151,7 +151,8 @@ class DetectorConfig:
       stall_threshold: A :meth:`LivenessDetector.poll` more than this much
         later than :meth:`LivenessDetector.wake_at`, for an outstanding ping,
         is taken as a local stall (once per ping): the stall monitor may not
-        have reported yet.
+        have reported yet. After the first such poll for a ping, only a
+        poll more than *stall_grace* late counts.
 
     Raises:
       ConfigError: naming the field and the value, for a non-positive,
@@ -400,9 +401,9 @@ class LivenessDetector:
         *stall_threshold* after :meth:`wake_at` for an outstanding ping is
         taken as a local stall from :meth:`wake_at` to *now* (the caller was
         asleep when it should have been awake), and the peer gets
-        *stall_grace* more to be heard instead of a conviction. This
-        happens at most once per ping, so a caller that is always a little
-        late still convicts.
+        *stall_grace* more to be heard instead of a conviction. After the
+        first time for a ping, only a poll more than *stall_grace* late
+        counts, so a caller that is always a little late still convicts.
         """
         if self._ping_sent_at is None:
             return Action.SEND_PING if now >= self._next_ping_at else None
@@ -410,11 +411,16 @@ class LivenessDetector:
         if now < due:
             return None
         config = self._config
-        if config.stall_compensation and not self._graced and now - due > config.stall_threshold:
+        threshold = config.stall_threshold
+        if self._graced and threshold < config.stall_grace:
+            threshold = config.stall_grace
+        if config.stall_compensation and now - due > threshold:
             # We were asleep when we should have been awake: whatever the
             # peer sent meanwhile waits unread in our socket buffer, and the
-            # stall monitor may not have reported yet. Once per ping, treat
-            # it as a stall and give the peer one more chance.
+            # stall monitor may not have reported yet. Treat it as a stall
+            # and give the peer one more chance. After the first time for
+            # this ping, only a lateness beyond stall_grace counts, so a
+            # caller that is always a little late still convicts.
             self._graced = True
             self._late_polls += 1
             self._stall(now, now - due, counted=False)
