@@ -18,7 +18,7 @@ def test_quick_run_writes_json_and_png(tmp_path: Path, capsys: pytest.CaptureFix
     assert payload["quick"] is True
     assert set(payload["results"]) == {"wan", "heavy_gc"}
     wan = payload["results"]["wan"]
-    assert {"websockets 20s/20s", "phi 8", "trioheart k=4", "trioheart no-stall"} <= set(wan)
+    assert {"websockets 20s/20s", "phi 8", "trioheart k=3", "trioheart no-stall"} <= set(wan)
     for row in wan.values():
         assert row["connections"] == 4  # every crash was detected
         assert 0 <= row["td_p50"] <= row["td_p99"]
@@ -33,7 +33,7 @@ def test_quick_run_writes_json_and_png(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_replay_is_deterministic() -> None:
     scenario = detector_qos.SCENARIOS["wan"]
-    spec = next(s for s in detector_qos.all_specs() if s.name == "trioheart k=4")
+    spec = next(s for s in detector_qos.all_specs() if s.name == "trioheart k=3")
     runs = []
     for _ in range(2):
         trace = detector_qos.make_trace(scenario, 42, warmup=60.0, span=600.0)

@@ -27,7 +27,7 @@ The window adapts (``adaptive=True``, the default) to the RTTs measured::
                                                          retransmitted samples)
     RTO    = SRTT + max(rto_min, 2.36 (q_75 - q_25))    (Linux: SRTT + max(200 ms,
                                                          4 mdev); mdev = 0.59 IQR)
-    k      = loss_allowance                             (4: survives 4 losses in a row)
+    k      = loss_allowance                             (3: survives 3 losses in a row)
     window = clamp(q_hi + jitter_factor * J + RTO * (2**k - 1),
                    min_window, ping_timeout)
 
@@ -180,7 +180,7 @@ class DetectorConfig:
     rtt_samples: int = attrs.field(default=64, validator=_sample_count)
     jitter_factor: float = attrs.field(default=1.0, validator=_non_negative_finite)
     rto_min: float = attrs.field(default=0.2, validator=_positive_finite)
-    loss_allowance: float = attrs.field(default=4.0, validator=_loss_count)
+    loss_allowance: float = attrs.field(default=3.0, validator=_loss_count)
     stall_grace: float = attrs.field(default=0.05, validator=_non_negative_finite)
     stall_threshold: float = attrs.field(default=0.001, validator=_positive_finite)
 
