@@ -745,12 +745,14 @@ def check_targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
     if th_name in heavy and "trioheart no-stall" in heavy:
         a = heavy["trioheart no-stall"]["false_kills_by_cause"]["local"]
         b = heavy[th_name]["false_kills_by_cause"]["local"]
-        r = ratio(a, b)
+        # With no kill at all under compensation, the ratio is only shown to
+        # be at least as large as the kill count without it.
+        r = a / b if b else float(a)
         targets.append(
             {
                 "target": "heavy GC: >= 50x fewer local-stall kills than without compensation",
                 "measured": f"{a} without vs {b} with compensation: "
-                + ("no kill with compensation" if b == 0 else f"{r:.1f}x"),
+                + (f">= {a}x (none with it)" if b == 0 else f"{r:.1f}x"),
                 "met": r >= 50.0,
             }
         )
@@ -860,7 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = {"wan": 4, "heavy_gc": 4}
         warmup, span = 60.0, 600.0
     else:
-        plan = {"wan": 1500, "heavy_gc": 600, "mobile": 300, "lan": 300}
+        plan = {"wan": 1500, "heavy_gc": 1200, "mobile": 300, "lan": 300}
         warmup, span = 600.0, 7200.0
     if args.connections:
         plan = dict.fromkeys(plan, args.connections)
