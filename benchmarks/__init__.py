@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m benchmarks.NAME [--quick] [--out DIR]``."""
+"""Benchmarks: runnable programs that measure trioheart against its peers."""

@@ -27,10 +27,10 @@ class CloseReason(enum.StrEnum):
     #: A WebSocket ping went unanswered, and nothing else arrived, within
     #: the pong window. L7 noticed the peer is gone or frozen.
     PONG_TIMEOUT = "pong_timeout"
-    #: The app-level heartbeat (``{"type": "ping"}``) went unanswered.
+    #: The app-level heartbeat ping (a JSON text message) went unanswered.
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
-    #: The kernel gave up on the TCP connection: keepalive probes or
-    #: ``TCP_USER_TIMEOUT`` expired (``ETIMEDOUT``).
+    #: The kernel gave up on the TCP connection, because keepalive probes
+    #: or ``TCP_USER_TIMEOUT`` expired (``ETIMEDOUT``).
     TCP_TIMEOUT = "tcp_timeout"
     #: The peer reset the connection, or the transport broke without a close
     #: frame (``ECONNRESET``, ``EPIPE``, EOF without close).
@@ -45,13 +45,30 @@ class CloseReason(enum.StrEnum):
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     #: The opening handshake was malformed or refused (HTTP 4xx sent).
     HANDSHAKE_FAILED = "handshake_failed"
-    #: The peer did not read fast enough: its bounded send queue, or our
-    #: bounded receive queue for it, was full.
+    #: The peer did not read fast enough, so its bounded send queue (or our
+    #: bounded receive queue for it) was full.
     SLOW_CONSUMER = "slow_consumer"
     #: The server is shutting down (close code 1001, "going away").
     SERVER_SHUTDOWN = "server_shutdown"
-    #: A bug on this side: the handler raised, or trioheart itself failed.
+    #: A bug on this side (the handler raised, or trioheart itself failed).
     INTERNAL_ERROR = "internal_error"
+    #: The client asked to resume with a request the server refused
+    #: (malformed, a forged or foreign token, an impossible seq); the
+    #: ``refused`` message before the close says which. The client should
+    #: reconnect without resuming.
+    RESUME_REFUSED = "resume_refused"
+    #: Refused at admission because the server holds ``max_connections``
+    #: (HTTP 503).
+    CONNECTION_LIMIT = "connection_limit"
+    #: Refused at admission because the client's address holds
+    #: ``max_connections_per_address`` (HTTP 429).
+    ADDRESS_LIMIT = "address_limit"
+    #: Refused at admission by the handshake rate limit (HTTP 429).
+    RATE_LIMITED = "rate_limited"
+    #: Refused because the handshake's ``Origin`` is not allowed (HTTP 403).
+    ORIGIN_REFUSED = "origin_refused"
+    #: Refused by the application's ``authorize`` hook (its HTTP status).
+    AUTH_REFUSED = "auth_refused"
 
     @property
     def code(self) -> int:
@@ -102,4 +119,10 @@ _CODES: Final[dict[CloseReason, int]] = {
     CloseReason.SLOW_CONSUMER: 4008,
     CloseReason.SERVER_SHUTDOWN: 1001,
     CloseReason.INTERNAL_ERROR: 1011,
+    CloseReason.RESUME_REFUSED: 4009,
+    CloseReason.CONNECTION_LIMIT: 1006,
+    CloseReason.ADDRESS_LIMIT: 1006,
+    CloseReason.RATE_LIMITED: 1006,
+    CloseReason.ORIGIN_REFUSED: 1006,
+    CloseReason.AUTH_REFUSED: 1006,
 }

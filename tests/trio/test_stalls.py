@@ -25,10 +25,8 @@ def _block() -> None:
 
 
 async def test_blocking_call_is_reported_to_subscribers_and_logged(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, live_tasks: LiveTasks
 ) -> None:
-    live_tasks = LiveTasks()
-    trio.lowlevel.add_instrument(live_tasks)
     got: list[tuple[float, float]] = []
     with structlog.testing.capture_logs() as logs, monitor_stalls(threshold=THRESHOLD) as monitor:
         with monitor.subscribe(lambda at, lag: got.append((at, lag))):
@@ -39,7 +37,6 @@ async def test_blocking_call_is_reported_to_subscribers_and_logged(
             stalled_at = trio.current_time()
             await trio.lowlevel.checkpoint()
         stats = monitor.statistics()
-    trio.lowlevel.remove_instrument(live_tasks)
     assert len(got) == 1
     at, lag = got[0]
     assert at == stalled_at

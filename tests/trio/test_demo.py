@@ -1,0 +1,174 @@
+"""The demo chat server, end to end on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+import trioheart
+from trioheart.cli import main as cli_main
+from trioheart.demo.app import run_demo
+
+from .wsclient import connect
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def http_get(port: int, path: str) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    response = b""
+    while chunk := await stream.receive_some(65536):
+        response += chunk
+    await stream.aclose()
+    return response
+
+
+async def start_demo(nursery: trio.Nursery) -> trioheart.Server:
+    server: trioheart.Server = await nursery.start(
+        lambda task_status: run_demo(
+            host="127.0.0.1",
+            port=0,
+            config=trioheart.ConnectionConfig(),
+            announce=False,
+            task_status=task_status,
+        )
+    )
+    return server
+
+
+async def test_everyone_in_the_room_gets_each_message_with_increasing_seq(
+    clock: MockClock, nursery: trio.Nursery
+) -> None:
+    server = await start_demo(nursery)
+    path = "/ws?room=r1&name={}"
+    async with (
+        connect(server.port, path.format("ann")) as ann,
+        connect(server.port, path.format("bob")) as bob,
+        connect(server.port, "/ws?room=other&name=eve") as eve,
+    ):
+        for client in (ann, bob, eve):
+            assert json.loads(await client.receive())["type"] == "welcome"
+        for i in range(5):
+            sender = ann if i % 2 == 0 else bob
+            await sender.send(json.dumps({"type": "chat", "text": f"m{i}"}))
+            for client in (ann, bob):
+                message = json.loads(await client.receive())
+                assert message["type"] == "chat"
+                assert message["text"] == f"m{i}"
+                assert message["from"] == ("ann" if i % 2 == 0 else "bob")
+                assert message["seq"] == i + 1
+        await eve.send(json.dumps({"type": "chat", "text": "elsewhere"}))
+        assert json.loads(await eve.receive())["seq"] == 1  # rooms count on their own
+        assert not ann.messages
+        assert not bob.messages
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ('{"type": "dance"}', "unknown message type 'dance'"),
+        ("not json", "not JSON"),
+        ("[1, 2]", "a message must be a JSON object"),
+        ('{"type": "chat", "text": ""}', "text must be a non-empty string"),
+        ('{"type": "chat", "text": 5}', "text must be a non-empty string"),
+    ],
+)
+async def test_bad_messages_get_an_error_frame_and_the_connection_stays(
+    clock: MockClock, nursery: trio.Nursery, message: str, error: str
+) -> None:
+    server = await start_demo(nursery)
+    async with connect(server.port, "/ws?room=r&name=x") as client:
+        await client.receive()  # welcome
+        await client.send(message)
+        reply = json.loads(await client.receive())
+        assert reply["type"] == "error"
+        assert reply["error"].startswith(error)
+        await client.send(json.dumps({"type": "chat", "text": "still here"}))
+        assert json.loads(await client.receive())["text"] == "still here"
+
+
+async def test_binary_messages_get_an_error_frame(clock: MockClock, nursery: trio.Nursery) -> None:
+    server = await start_demo(nursery)
+    async with connect(server.port, "/ws") as client:
+        await client.receive()
+        await client.send(b"\x00\x01")
+        assert json.loads(await client.receive())["type"] == "error"
+
+
+async def test_page_and_metrics_are_served(clock: MockClock, nursery: trio.Nursery) -> None:
+    server = await start_demo(nursery)
+    page = await http_get(server.port, "/")
+    assert page.startswith(b"HTTP/1.1 200")
+    assert b"<title>trioheart chat</title>" in page
+    async with connect(server.port, "/ws?room=m") as client:
+        await client.receive()
+        metrics = (await http_get(server.port, "/metrics")).decode()
+        assert "trioheart_connections_open 1.0" in metrics
+        await client.close_cleanly()
+        await client.run_until_closed()
+    await server.wait_until(lambda s: s.connections_open == 0)
+    metrics = (await http_get(server.port, "/metrics")).decode()
+    assert "trioheart_connections_open 0.0" in metrics
+    assert 'trioheart_connections_closed_total{reason="peer_closed"} 1.0' in metrics
+    assert (await http_get(server.port, "/nope")).startswith(b"HTTP/1.1 404")
+
+
+def test_cli_rejects_bad_heartbeat_values(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main(["demo", "--ping-interval", "nan"])
+    assert info.value.code == 2
+    assert "ping_interval must be a positive, finite number of seconds; got nan" in (
+        capsys.readouterr().err
+    )
+
+
+def test_cli_help_lists_the_demo_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--host", "--port", "--ping-interval", "--ping-timeout"):
+        assert option in out
+
+
+async def test_demo_process_prints_urls_logs_json_and_stops_on_ctrl_c() -> None:
+    import signal
+
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trioheart.cli", "demo", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        assert process.stdout is not None
+        banner = b""
+        with trio.fail_after(20):
+            while b"Ctrl-C" not in banner:
+                chunk = await process.stderr.receive_some(4096)
+                assert chunk, banner
+                banner += chunk
+        assert b"http://127.0.0.1:" in banner
+        assert b"/ws?room=lobby" in banner
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            status = await process.wait()
+            out = b""
+            while chunk := await process.stdout.receive_some(65536):
+                out += chunk
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert status == 0
+    events = [json.loads(line)["event"] for line in out.decode().splitlines()]
+    assert events[0] == "server.started"
+    assert "demo.started" in events
+    assert events[-1] == "server.stopped"

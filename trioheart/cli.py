@@ -1,0 +1,101 @@
+"""The ``trioheart`` command.
+
+``trioheart demo`` runs the demo chat server; ``trioheart proxy`` runs the
+fault-injecting proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from .config import ConnectionConfig
+from .detector import DetectorConfig
+from .errors import ConfigError
+from .log import configure_logging
+
+__all__ = ["main"]
+
+
+def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="run the demo chat server",
+        description="Run the demo chat server: a chat page at /, the WebSocket at "
+        "/ws?room=NAME&name=NAME and Prometheus metrics at /metrics.",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8765, help="port to listen on (8765)")
+    demo.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="seconds between WebSocket pings (20)",
+    )
+    demo.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="upper bound on the pong window, in seconds (20)",
+    )
+    demo.add_argument(
+        "--log-format",
+        choices=["json", "console", "auto"],
+        default="auto",
+        help="JSON lines, console, or (auto, the default) console when stdout is a "
+        "terminal and JSON lines otherwise",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="trioheart", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _demo_parser(sub)
+    from .proxy import cli as proxy_cli
+
+    proxy_cli.configure_parser(
+        sub.add_parser(
+            "proxy",
+            help="run the fault-injecting proxy",
+            description="A TCP proxy with live faults (toxics), driven from Python or its "
+            "HTTP control API.",
+        )
+    )
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _run_demo(parser, args)
+    if args.command == "proxy":
+        return proxy_cli.run(args)
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .demo.app import run_demo
+
+    try:
+        config = ConnectionConfig(
+            heartbeat=DetectorConfig(
+                ping_interval=args.ping_interval, ping_timeout=args.ping_timeout
+            )
+        )
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be from 0 to 65535; got {args.port}")
+    configure_logging(json={"json": True, "console": False, "auto": None}[args.log_format])
+    try:
+        trio.run(lambda: run_demo(host=args.host, port=args.port, config=config))
+    except OSError as exc:
+        print(f"trioheart: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
