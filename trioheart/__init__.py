@@ -15,6 +15,7 @@ from ._trio.server import (
     serve,
     serve_listeners,
 )
+from ._trio.stalls import StallMonitor, StallStatistics, monitor_stalls
 from .config import ConnectionConfig
 from .detector import Action, DetectorConfig, DetectorStatistics, LivenessDetector
 from .errors import ConfigError, ConnectionClosed, HandshakeError, TrioheartError
@@ -53,11 +54,14 @@ __all__ = [
     "Server",
     "ServerLimits",
     "ServerStatistics",
+    "StallMonitor",
+    "StallStatistics",
     "TcpInfo",
     "TomlFileSource",
     "TrioheartError",
     "__version__",
     "attributes_from_request",
+    "monitor_stalls",
     "serve",
     "serve_listeners",
 ]
