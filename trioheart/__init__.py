@@ -18,6 +18,7 @@ from ._trio.server import (
     serve,
     serve_listeners,
 )
+from ._trio.stalls import StallMonitor, StallStatistics, monitor_stalls
 from .broker import Broker, BrokerStatistics, BrokerUnavailable, OutboxLimits
 from .config import ConnectionConfig
 from .detector import Action, DetectorConfig, DetectorStatistics, LivenessDetector
@@ -77,11 +78,14 @@ __all__ = [
     "Server",
     "ServerLimits",
     "ServerStatistics",
+    "StallMonitor",
+    "StallStatistics",
     "TcpInfo",
     "TomlFileSource",
     "TrioheartError",
     "__version__",
     "attributes_from_request",
+    "monitor_stalls",
     "open_redis_broker",
     "serve",
     "serve_listeners",

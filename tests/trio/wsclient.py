@@ -40,6 +40,9 @@ class RawClient:
         self.pings = 0
         self.close: CloseConnection | None = None
         self.eof = False
+        self.last_ping = b""  # the payload of the last ping seen
+        self.answered = 0  # for tests that answer pings themselves
+        self.stalled = False
 
     async def send(self, message: str | bytes) -> None:
         event: Event = TextMessage(message) if isinstance(message, str) else BytesMessage(message)
@@ -72,6 +75,7 @@ class RawClient:
         for event in self.ws.events():
             if isinstance(event, Ping):
                 self.pings += 1
+                self.last_ping = bytes(event.payload)
                 if self.answer_pings and self.ws.state is ConnectionState.OPEN:
                     await self.stream.send_all(self.ws.send(event.response()))
             elif isinstance(event, Message):

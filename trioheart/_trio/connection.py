@@ -387,6 +387,17 @@ class Connection:
         )
         return True
 
+    def on_local_stall(self, at: float, lag: float) -> None:
+        """Report that this process stalled for *lag* seconds up to *at*.
+
+        The heartbeat extends the deadlines that ran during the stall instead
+        of blaming the peer. Never blocks, never checkpoints: the server
+        calls it from its stall monitor, inside Trio's scheduler.
+        """
+        self._detector.on_local_stall(at, lag)
+        if self._app_detector is not None:
+            self._app_detector.on_local_stall(at, lag)
+
     async def wait_pong(self) -> float:
         """Wait for the next pong that answers the heartbeat's ping; return its RTT.
 

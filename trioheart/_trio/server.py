@@ -26,6 +26,7 @@ from ..reasons import CloseReason
 from .connection import Connection, _ids
 from .policy_sources import PolicyStore
 from .sockopts import apply_keepalive
+from .stalls import DEFAULT_THRESHOLD, StallMonitor, monitor_stalls
 
 __all__ = [
     "AttributesOf",
@@ -146,6 +147,8 @@ class Server:
         self._accept_scope: trio.CancelScope | None = None
         self._connections_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
+        #: The event-loop stall monitor, while the server runs.
+        self.stalls: StallMonitor | None = None
         self._changed = trio.lowlevel.ParkingLot()
 
     @property
@@ -220,6 +223,18 @@ class Server:
         self._changed.unpark_all()
         if lifetime is None and self.metrics is not None:
             self.metrics.connection_closed(reason.value, None)
+
+    def _on_stall(self, at: float, lag: float) -> None:
+        """Tell every connection's heartbeat that we, not its peer, were stalled.
+
+        Called from inside Trio's scheduler: no Trio calls here. One server
+        subscription rather than one per connection keeps connections small;
+        stalls are rare, so the walk over connections is cheap enough.
+        """
+        for conn in self._connections:
+            conn.on_local_stall(at, lag)
+        if self.metrics is not None:
+            self.metrics.loop_stalled(lag)
 
     async def _follow_policies(self, store: PolicyStore) -> None:
         """Apply each new policy set to the open connections it changes."""
@@ -552,6 +567,7 @@ async def serve_listeners(
     policies: PolicyStore | None = None,
     attributes: AttributesOf | None = None,
     limits: ServerLimits | None = None,
+    stall_threshold: float = DEFAULT_THRESHOLD,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket connections on listeners the caller made.
@@ -589,6 +605,10 @@ async def serve_listeners(
       limits: What the server admits (:class:`~trioheart.ServerLimits`):
         connections in all and per address, the handshake rate, allowed
         origins. Each refusal is a named close reason and counted.
+      stall_threshold: The shortest event-loop stall reported; a stall
+        extends the deadlines of every connection's heartbeat that were
+        running during it (the peer is not blamed for our pause), logs
+        ``loop.stalled`` and counts it in ``trioheart_loop_stalls_total``.
       task_status: Receives the :class:`Server` once it is accepting.
 
     Returns when :meth:`Server.aclose` has closed every connection. On
@@ -610,30 +630,41 @@ async def serve_listeners(
         limits=limits,
     )
     try:
-        async with trio.open_nursery() as connections:
-            server._connections_scope = connections.cancel_scope
-            async with trio.open_nursery() as accepting:
-                server._accept_scope = accepting.cancel_scope
-                if server.policies is not None:
-                    accepting.start_soon(server._follow_policies, server.policies)
-                if metrics is not None:
-                    metrics.track_server(server)
-                await accepting.start(
-                    functools.partial(
-                        trio.serve_listeners,
-                        server._handle_stream,
-                        server.listeners,
-                        handler_nursery=connections,
-                    )
-                )
-                _log.info(
-                    "server.started",
-                    addresses=[_address(listener) for listener in server.listeners],
-                )
-                task_status.started(server)
+        with (
+            monitor_stalls(threshold=stall_threshold) as stalls,
+            stalls.subscribe(server._on_stall),
+        ):
+            server.stalls = stalls
+            await _serve_until_closed(server, metrics, task_status)
     finally:
         server._stopped.set()
         _log.info("server.stopped", closed=dict(server._closed))
+
+
+async def _serve_until_closed(
+    server: Server, metrics: Any, task_status: trio.TaskStatus[Server]
+) -> None:
+    async with trio.open_nursery() as connections:
+        server._connections_scope = connections.cancel_scope
+        async with trio.open_nursery() as accepting:
+            server._accept_scope = accepting.cancel_scope
+            if server.policies is not None:
+                accepting.start_soon(server._follow_policies, server.policies)
+            if metrics is not None:
+                metrics.track_server(server)
+            await accepting.start(
+                functools.partial(
+                    trio.serve_listeners,
+                    server._handle_stream,
+                    server.listeners,
+                    handler_nursery=connections,
+                )
+            )
+            _log.info(
+                "server.started",
+                addresses=[_address(listener) for listener in server.listeners],
+            )
+            task_status.started(server)
 
 
 async def serve(
@@ -651,6 +682,7 @@ async def serve(
     policies: PolicyStore | None = None,
     attributes: AttributesOf | None = None,
     limits: ServerLimits | None = None,
+    stall_threshold: float = DEFAULT_THRESHOLD,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket connections on *host* and *port*.
@@ -672,6 +704,7 @@ async def serve(
         policies=policies,
         attributes=attributes,
         limits=limits,
+        stall_threshold=stall_threshold,
         task_status=task_status,
     )
 
