@@ -6,6 +6,7 @@ import collections
 import contextlib
 import functools
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, final
 
@@ -69,6 +70,7 @@ _log = get_logger("trioheart.server")
 _READ: Final = 4096
 _LINGER_SECONDS: Final = 1.0
 _LINGER_BYTES: Final = 256 * 1024
+_RECENT_CLOSES: Final = 50
 # Refusals that wrote an HTTP response, which a lingering close protects.
 _ANSWERED: Final = frozenset(
     {
@@ -147,6 +149,9 @@ class Server:
         self._accept_scope: trio.CancelScope | None = None
         self._connections_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
+        self._recent: collections.deque[dict[str, object]] = collections.deque(
+            maxlen=_RECENT_CLOSES
+        )
         #: The event-loop stall monitor, while the server runs.
         self.stalls: StallMonitor | None = None
         self._changed = trio.lowlevel.ParkingLot()
@@ -173,6 +178,50 @@ class Server:
             closed=dict(self._closed),
             policy_revisions=revisions,
         )
+
+    def health_snapshot(self, *, limit: int = 500) -> dict[str, object]:
+        """What a health page shows, as plain JSON-ready data.
+
+        Args:
+          limit: The most connections listed; the least healthy come first.
+
+        Returns:
+          ``open`` (count), ``closed`` (totals by reason), ``recent_closes``
+          (the last few, newest last), ``stalls`` (count, total and max
+          seconds), and ``connections``: for each, its id, path, age, RTT
+          (last, p50, p99), pong window, interval, health score and policy.
+        """
+        now = trio.current_time()
+        rows = []
+        for conn in self._connections:
+            stats = conn.liveness()
+            rows.append(
+                {
+                    "conn_id": conn.conn_id,
+                    "path": conn.path,
+                    "age_s": round(now - conn.opened_at, 3),
+                    "rtt_last_s": stats.last_rtt,
+                    "rtt_p50_s": stats.rtt_p50,
+                    "rtt_p99_s": stats.rtt_p99,
+                    "window_s": round(stats.window, 4),
+                    "interval_s": round(stats.interval, 4),
+                    "health": round(stats.health, 4),
+                    "policy": None
+                    if conn.policy is None
+                    else {"rule": conn.policy.rule, "revision": conn.policy.revision},
+                }
+            )
+        rows.sort(key=lambda row: (row["health"], row["conn_id"]))
+        stalls = self.stalls.statistics() if self.stalls is not None else None
+        return {
+            "open": len(self._connections),
+            "closed": dict(self._closed),
+            "recent_closes": list(self._recent),
+            "stalls": None
+            if stalls is None
+            else {"count": stalls.count, "total_s": stalls.total, "max_s": stalls.max},
+            "connections": rows[:limit],
+        }
 
     async def wait_until(self, predicate: Callable[[ServerStatistics], bool]) -> None:
         """Wait until *predicate* holds for :meth:`statistics`.
@@ -218,8 +267,19 @@ class Server:
 
     # ------------------------------------------------------------------
 
-    def _count_close(self, reason: CloseReason, lifetime: float | None) -> None:
+    def _count_close(
+        self, reason: CloseReason, lifetime: float | None, conn_id: str = "", code: int = 1006
+    ) -> None:
         self._closed[reason.value] += 1
+        self._recent.append(
+            {
+                "conn_id": conn_id,
+                "reason": reason.value,
+                "code": code,
+                "duration_s": None if lifetime is None else round(lifetime, 3),
+                "at": time.time(),
+            }
+        )
         self._changed.unpark_all()
         if lifetime is None and self.metrics is not None:
             self.metrics.connection_closed(reason.value, None)
@@ -355,12 +415,17 @@ class Server:
             if self._attributes.pop(conn, None) is not None and conn.policy is not None:
                 self.policy_census.remove(conn.policy)
             assert conn.close_reason is not None
-            self._count_close(conn.close_reason, (conn.closed_at or 0) - conn.opened_at)
+            self._count_close(
+                conn.close_reason,
+                (conn.closed_at or 0) - conn.opened_at,
+                conn.conn_id,
+                conn.close_code or conn.close_reason.code,
+            )
 
     async def _fail(
         self, stream: trio.SocketStream, conn_id: str, reason: CloseReason, detail: str
     ) -> None:
-        self._count_close(reason, None)
+        self._count_close(reason, None, conn_id, reason.code)
         _log.info(
             "connection.closed",
             conn_id=conn_id,
