@@ -543,7 +543,7 @@ def parse_server_output(data: bytes) -> ServerOutput:
 
 
 def _check_bounds(conn: Connection, config: ConnectionConfig) -> None:
-    inbox = list(conn._inbox)
+    inbox = list(conn._inbox or ())
     expect(len(inbox) <= config.max_queued_messages, f"inbox holds {len(inbox)} messages")
     size = sum(len(m) for m in inbox)
     expect(size == conn._inbox_bytes, f"inbox accounting {conn._inbox_bytes} != {size}")
@@ -591,13 +591,16 @@ def run_frames(value: FramesInput) -> FramesResult:
                 break
             expect(conn.close_reason is None, f"closed as {conn.close_reason} but kept reading")
         return FramesResult(
-            conn.close_reason, list(conn._inbox), parse_server_output(b""), conn.peer_close_code
+            conn.close_reason,
+            list(conn._inbox or ()),
+            parse_server_output(b""),
+            conn.peer_close_code,
         )
     drive(conn._reader())
     reason = conn.close_reason
     expect(reason in FRAME_REASONS, f"frames alone ended the connection as {reason}")
     _check_bounds(conn, config)
-    inbox = list(conn._inbox)
+    inbox = list(conn._inbox or ())
     drive(conn._finish())
     expect(stream.closed, "the socket was not closed")
     expect(conn.closed_at is not None, "closed_at not set")

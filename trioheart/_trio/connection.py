@@ -192,7 +192,11 @@ class Connection:
         if config.app_heartbeat_interval is not None:
             self._app_detector = LivenessDetector(_app_bounds(config), now=now)
         self._initial_data = initial_data
-        self._inbox: deque[str | bytes] = deque()
+        # Made with the first queued message and dropped once drained (None
+        # means empty), like _closed_event made only for a waiter: an idle
+        # connection is most of a chat server's, and an empty deque alone
+        # is 760 bytes (see docs/explanation/cost.rst).
+        self._inbox: deque[str | bytes] | None = None
         self._inbox_bytes = 0
         self._inbox_lot = trio.lowlevel.ParkingLot()
         self._partial: list[str | bytes] = []
@@ -210,7 +214,7 @@ class Connection:
         self.shutdown_text: str | None = None
         self._peer_close_code: int | None = None
         self._close_at = float("inf")
-        self._closed_event = trio.Event()
+        self._closed_event: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         self._handler_scope: trio.CancelScope | None = None
         self._read_scope: trio.CancelScope | None = None
@@ -261,11 +265,15 @@ class Connection:
         On cancellation no message is lost: one that was not returned stays
         queued.
         """
-        while not self._inbox:
+        inbox = self._inbox
+        while not inbox:
             if self._close_reason is not None:
                 raise self._closed_error()
             await self._inbox_lot.park()
-        message = self._inbox.popleft()
+            inbox = self._inbox
+        message = inbox.popleft()
+        if not inbox:
+            self._inbox = None
         self._inbox_bytes -= len(message)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return message
@@ -322,7 +330,7 @@ class Connection:
         handler (it is cancelled), like any other close.
         """
         self.close(reason)
-        await self._closed_event.wait()
+        await self._wait_finished()
 
     def close(
         self,
@@ -417,9 +425,18 @@ class Connection:
 
     async def wait_closed(self) -> CloseReason:
         """Wait until the connection has fully closed; return why."""
-        await self._closed_event.wait()
+        await self._wait_finished()
         assert self._close_reason is not None
         return self._close_reason
+
+    async def _wait_finished(self) -> None:
+        """Wait until the socket is closed and ``connection.closed`` logged. A checkpoint."""
+        if self.closed_at is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._closed_event is None:
+            self._closed_event = trio.Event()
+        await self._closed_event.wait()
 
     # ------------------------------------------------------------------
     # Running
@@ -543,10 +560,11 @@ class Connection:
                 )
         await trio.aclose_forcefully(self._stream)
         self._pending = bytearray()
-        self._inbox.clear()
+        self._inbox = None
         self._inbox_bytes = 0
         self.closed_at = trio.current_time()
-        self._closed_event.set()
+        if self._closed_event is not None:
+            self._closed_event.set()
         self._log_closed()
 
     # ------------------------------------------------------------------
@@ -720,15 +738,17 @@ class Connection:
         self._partial_size = 0
         if isinstance(event, TextMessage) and self._on_app_heartbeat(message, now):  # type: ignore[arg-type]
             return self._send_buffer_overrun()
+        inbox = self._inbox
         if (
-            len(self._inbox) >= self._config.max_queued_messages
-            or self._inbox_bytes + len(message) > self._config.max_queued_bytes
-        ):
+            inbox is not None and len(inbox) >= self._config.max_queued_messages
+        ) or self._inbox_bytes + len(message) > self._config.max_queued_bytes:
             self._begin_close(
                 CloseReason.SLOW_CONSUMER, detail="the application did not receive in time"
             )
             return True
-        self._inbox.append(message)
+        if inbox is None:
+            inbox = self._inbox = deque()
+        inbox.append(message)
         self._inbox_bytes += len(message)
         self._inbox_lot.unpark()
         if self._app_detector is not None:
