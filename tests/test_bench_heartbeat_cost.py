@@ -32,8 +32,10 @@ def test_the_quick_heartbeat_cost_benchmark_writes_json_and_a_plot(tmp_path: Pat
     assert report["settings"]["ping_interval_s"] == 1.0
     sizes = report["settings"]["sizes"]
     rows = {(row["config"], row["n"]): row for row in report["results"]}
-    assert set(rows) == {(config, n) for config in CONFIGS for n in sizes}
-    for (config, _n), row in rows.items():
+    # The what-if (a raised GC threshold) runs at the largest N only.
+    what_if = {("trioheart+gc", max(sizes))}
+    assert set(rows) == {(config, n) for config in CONFIGS for n in sizes} | what_if
+    for (config, n), row in rows.items():
         # Every server held every connection, in its own process.
         assert row["short_by"] == 0, (config, row)
         assert row["closed_by_server"] == 0, (config, row)
@@ -48,11 +50,14 @@ def test_the_quick_heartbeat_cost_benchmark_writes_json_and_a_plot(tmp_path: Pat
             assert row["pings_per_conn_per_s"] > 0, (config, row)
             assert row["cpu_s_per_1000_pings"] is not None
             assert row["cpu_s_per_1000_pings"] >= 0, (config, row)
-        assert row["bytes_vs_websockets"] > 0
+        assert row["gc_share"] >= 0, (config, row)
         assert row["bytes_vs_trio_websocket"] > 0
+        if (config, n) not in what_if:  # quick runs no websockets+gc to compare with
+            assert row["bytes_vs_websockets"] > 0
     assert rows[("websockets", sizes[0])]["bytes_vs_websockets"] == 1.0
-    # Each configuration ran in a fresh server process of its own.
-    assert len(report["runs"]) == len(CONFIGS) * report["settings"]["repeats"]
+    # Each configuration ran in a fresh server process of its own, per N and repeat.
+    repeats = report["settings"]["repeats"]
+    assert len(report["runs"]) == (len(CONFIGS) * len(sizes) + len(what_if)) * repeats
     assert [item["n"] for item in report["metrics_overhead"]] == sizes
     assert {target["target"].split(" (")[0] for target in report["targets"]} == {
         "bytes/conn <= websockets",
