@@ -54,7 +54,7 @@ async def test_everyone_in_the_room_gets_each_message_with_increasing_seq(
         connect(server.port, "/ws?room=other&name=eve") as eve,
     ):
         for client in (ann, bob, eve):
-            assert json.loads(await client.receive())["type"] == "welcome"
+            assert json.loads(await client.receive())["type"] == "hello"
         for i in range(5):
             sender = ann if i % 2 == 0 else bob
             await sender.send(json.dumps({"type": "chat", "text": f"m{i}"}))
@@ -85,7 +85,7 @@ async def test_bad_messages_get_an_error_frame_and_the_connection_stays(
 ) -> None:
     server = await start_demo(nursery)
     async with connect(server.port, "/ws?room=r&name=x") as client:
-        await client.receive()  # welcome
+        await client.receive()  # hello
         await client.send(message)
         reply = json.loads(await client.receive())
         assert reply["type"] == "error"
