@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -118,6 +119,44 @@ async def test_page_and_metrics_are_served(clock: MockClock, nursery: trio.Nurse
     assert "trioheart_connections_open 0.0" in metrics
     assert 'trioheart_connections_closed_total{reason="peer_closed"} 1.0' in metrics
     assert (await http_get(server.port, "/nope")).startswith(b"HTTP/1.1 404")
+
+
+async def health(port: int, query: str = "") -> dict[str, Any]:
+    response = await http_get(port, "/health.json" + query)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    snapshot: dict[str, Any] = json.loads(body)
+    return snapshot
+
+
+async def test_health_json_counts_live_tasks_and_lists_at_most_limit_rows(
+    clock: MockClock, nursery: trio.Nursery
+) -> None:
+    server = await start_demo(nursery)
+    before = await health(server.port, "?limit=0")
+    tasks = before["process"]["tasks_living"]
+    assert tasks == trio.lowlevel.current_statistics().tasks_living  # the same Trio run
+    assert before["process"]["rss_bytes"] > 1 << 20
+    async with (
+        connect(server.port, "/ws?room=h&name=a") as a,
+        connect(server.port, "/ws?room=h&name=b") as b,
+    ):
+        for client in (a, b):
+            await client.receive()  # hello: in the room
+        during = await health(server.port, "?limit=1")
+        assert during["open"] == 2
+        assert len(during["connections"]) == 1
+        assert during["process"]["tasks_living"] > tasks
+        assert len((await health(server.port))["connections"]) == 2  # 500 by default
+        assert (await health(server.port, "?limit=0"))["connections"] == []
+        assert len((await health(server.port, "?limit=nope"))["connections"]) == 2
+        for client in (a, b):
+            await client.close_cleanly()
+            await client.run_until_closed()
+    await server.wait_until(lambda s: s.connections_open == 0)
+    after = await health(server.port, "?limit=0")
+    assert after["closed"] == {"peer_closed": 2}
+    assert after["process"]["tasks_living"] == tasks  # every connection's tasks are gone
 
 
 def test_cli_rejects_bad_heartbeat_values(capsys: pytest.CaptureFixture[str]) -> None:

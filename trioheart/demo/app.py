@@ -12,8 +12,9 @@ that increases by one. Anything else gets an ``{"type": "error", ...}``
 frame and the connection stays open.
 
 Pages: the chat at ``/`` (with the browser client, ``/static/trioheart-client.js``),
-the live connection health at ``/health`` (its data at ``/health.json``)
-and Prometheus metrics at ``/metrics``.
+the live connection health at ``/health`` (its data at ``/health.json``,
+with ``?limit=N`` for at most N connection rows, and a ``process`` block:
+the live Trio task count and the RSS) and Prometheus metrics at ``/metrics``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import Final, final
@@ -33,7 +35,7 @@ from trioheart.backoff import RetryWindow
 from trioheart.broker import Broker, BrokerUnavailable
 from trioheart.resume import LogLimits, ResumeServer
 
-__all__ = ["ChatApp", "open_broker", "run_demo"]
+__all__ = ["ChatApp", "open_broker", "process_health", "rss_bytes", "run_demo"]
 
 _NAME: Final = re.compile(r"^[\w .@-]{1,32}$")
 _ROOM: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -46,6 +48,8 @@ _CONTENT_TYPES: Final = {
     "svg": "image/svg+xml",
 }
 MAX_TEXT: Final = 2000
+#: The most connections ``/health.json`` lists (``?limit=N`` lists fewer).
+HEALTH_ROWS: Final = 500
 #: When clients should come back after the demo shuts down: spread over 0.5-5 s.
 SHUTDOWN_RETRY: Final = RetryWindow(earliest=0.5, latest=5.0)
 
@@ -120,8 +124,9 @@ class ChatApp:
         if path == "/health.json":
             if self.server is None:
                 return HttpResponse.text(503, "starting\n")
-            snapshot = self.server.health_snapshot()
+            snapshot = self.server.health_snapshot(limit=_limit(request.query.get("limit")))
             snapshot["broker"] = _broker_health(self.broker)
+            snapshot["process"] = process_health()
             return HttpResponse(
                 body=json.dumps(snapshot, separators=(",", ":")).encode(),
                 content_type="application/json",
@@ -145,6 +150,39 @@ def _static(name: str) -> HttpResponse | None:
     return HttpResponse(
         body=resource.read_bytes(), content_type=_CONTENT_TYPES[name.rsplit(".", 1)[1]]
     )
+
+
+def _limit(value: str | None) -> int:
+    """``?limit=N`` of ``/health.json``: 0 to 500 connections listed (500 by default)."""
+    try:
+        return min(max(int(value), 0), HEALTH_ROWS) if value is not None else HEALTH_ROWS
+    except ValueError:
+        return HEALTH_ROWS
+
+
+def rss_bytes() -> int | None:
+    """This process's resident set size, from ``/proc/self/statm`` (``None`` off Linux)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_health() -> dict[str, object]:
+    """The ``process`` block of ``/health.json``: live Trio tasks and resident memory.
+
+    ``tasks_living`` is :func:`trio.lowlevel.current_statistics`'s count of
+    every task in this Trio run (the server's, the broker's, each
+    connection's, and the one answering this request), a counter Trio keeps
+    anyway, so reading it costs nothing. Once every client has left, it
+    returns to what it was before the first one came; a count that stays
+    higher is a leaked task. ``rss_bytes`` is the resident set size (Linux).
+    """
+    return {
+        "tasks_living": trio.lowlevel.current_statistics().tasks_living,
+        "rss_bytes": rss_bytes(),
+    }
 
 
 def _broker_health(broker: Broker) -> dict[str, object]:
