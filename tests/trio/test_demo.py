@@ -137,6 +137,7 @@ async def test_health_json_counts_live_tasks_and_lists_at_most_limit_rows(
     tasks = before["process"]["tasks_living"]
     assert tasks == trio.lowlevel.current_statistics().tasks_living  # the same Trio run
     assert before["process"]["rss_bytes"] > 1 << 20
+    assert before["process"]["allocated_blocks"] > 1000
     async with (
         connect(server.port, "/ws?room=h&name=a") as a,
         connect(server.port, "/ws?room=h&name=b") as b,

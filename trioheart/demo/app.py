@@ -14,7 +14,8 @@ frame and the connection stays open.
 Pages: the chat at ``/`` (with the browser client, ``/static/trioheart-client.js``),
 the live connection health at ``/health`` (its data at ``/health.json``,
 with ``?limit=N`` for at most N connection rows, and a ``process`` block:
-the live Trio task count and the RSS) and Prometheus metrics at ``/metrics``.
+the live Trio task count, the RSS and the interpreter's allocated blocks)
+and Prometheus metrics at ``/metrics``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import importlib.resources
 import json
 import os
 import re
+import sys
 from collections.abc import AsyncIterator
 from typing import Final, final
 
@@ -170,18 +172,23 @@ def rss_bytes() -> int | None:
 
 
 def process_health() -> dict[str, object]:
-    """The ``process`` block of ``/health.json``: live Trio tasks and resident memory.
+    """The ``process`` block of ``/health.json``: live Trio tasks and memory.
 
     ``tasks_living`` is :func:`trio.lowlevel.current_statistics`'s count of
     every task in this Trio run (the server's, the broker's, each
     connection's, and the one answering this request), a counter Trio keeps
     anyway, so reading it costs nothing. Once every client has left, it
     returns to what it was before the first one came; a count that stays
-    higher is a leaked task. ``rss_bytes`` is the resident set size (Linux).
+    higher is a leaked task. ``rss_bytes`` is the resident set size (Linux),
+    which CPython seldom gives back after a peak; ``allocated_blocks``
+    (:func:`sys.getallocatedblocks`, also a kept counter) is the memory
+    blocks the interpreter holds now, which does come back down when the
+    objects are freed.
     """
     return {
         "tasks_living": trio.lowlevel.current_statistics().tasks_living,
         "rss_bytes": rss_bytes(),
+        "allocated_blocks": sys.getallocatedblocks(),
     }
 
 
@@ -255,7 +262,6 @@ async def run_demo(
       BrokerUnavailable: if *redis* does not answer at start.
     """
     import signal
-    import sys
 
     metrics = Metrics()
     log = trioheart.log.get_logger("trioheart.demo")
