@@ -1,6 +1,7 @@
 """Chat nodes on one broker, and resuming clients, for the scale-out test and benchmark.
 
-``python -m benchmarks.cluster --port 0 [--redis URL] [--key HEX]`` runs one
+``python -m benchmarks.cluster --port 0 [--redis URL] [--key HEX]
+[--ping-interval S] [--ping-timeout S]`` runs one
 node: the demo chat app (:func:`trioheart.demo.app.run_demo`), its rooms in
 a :class:`~trioheart.broker.Broker` (Redis when ``--redis`` is given,
 embedded otherwise). It prints ``READY <port>`` once it listens.
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import IO, Final
 
 import attrs
 import trio
@@ -48,9 +49,19 @@ READY: Final = "READY"
 # The node
 
 
-async def run_node(*, port: int, redis: str | None, key: bytes, limits: LogLimits) -> None:
+async def run_node(
+    *,
+    port: int,
+    redis: str | None,
+    key: bytes,
+    limits: LogLimits,
+    heartbeat: trioheart.DetectorConfig | None = None,
+) -> None:
     """Serve one chat node (the demo's app) until SIGTERM/SIGINT; print READY once listening."""
-    config = trioheart.ConnectionConfig(max_send_buffer=4 * 1024 * 1024)
+    config = trioheart.ConnectionConfig(
+        heartbeat=heartbeat if heartbeat is not None else trioheart.DetectorConfig(),
+        max_send_buffer=4 * 1024 * 1024,
+    )
     async with trio.open_nursery() as nursery:
         server: trioheart.Server = await nursery.start(
             functools.partial(
@@ -98,19 +109,30 @@ class NodeProcess:
 
 
 def start_nodes(
-    count: int, *, redis: str | None, key: bytes, timeout: float = 20.0
+    count: int,
+    *,
+    redis: str | None,
+    key: bytes,
+    timeout: float = 20.0,
+    extra_args: Sequence[str] = (),
+    stderr: int | IO[bytes] = subprocess.DEVNULL,
 ) -> list[NodeProcess]:
-    """Start *count* node processes and wait for each to listen."""
+    """Start *count* node processes and wait for each to listen.
+
+    *extra_args* go to ``python -m benchmarks.cluster`` (e.g. the heartbeat
+    options); *stderr* receives the nodes' warnings (discarded by default).
+    """
     nodes: list[NodeProcess] = []
     try:
         for _ in range(count):
             args = [sys.executable, "-m", "benchmarks.cluster", "--port", "0", "--key", key.hex()]
             if redis is not None:
                 args += ["--redis", redis]
+            args += extra_args
             process = subprocess.Popen(
                 args,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=stderr,
                 stdin=subprocess.DEVNULL,
                 text=True,
             )
@@ -266,14 +288,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--redis", default=None, help="redis://host:port (embedded if omitted)")
     parser.add_argument("--key", default="00" * 32, help="the resume key, hex (shared by nodes)")
     parser.add_argument("--max-messages", type=int, default=10_000)
+    parser.add_argument("--ping-interval", type=float, default=20.0, help="seconds (default 20)")
+    parser.add_argument("--ping-timeout", type=float, default=20.0, help="seconds (default 20)")
     args = parser.parse_args(argv)
+    heartbeat = trioheart.DetectorConfig(
+        ping_interval=args.ping_interval, ping_timeout=args.ping_timeout
+    )
     # Standard output carries only the READY line (the parent reads no more
     # of it, so a chatty log there would fill the pipe and stall the node).
     trioheart.log.configure_logging(json=True, level=logging.WARNING, stream=sys.stderr)
     limits = LogLimits(max_messages=args.max_messages, max_bytes=4_000_000, max_age=300.0)
     trio.run(
         lambda: run_node(
-            port=args.port, redis=args.redis, key=bytes.fromhex(args.key), limits=limits
+            port=args.port,
+            redis=args.redis,
+            key=bytes.fromhex(args.key),
+            limits=limits,
+            heartbeat=heartbeat,
         )
     )
     return 0
