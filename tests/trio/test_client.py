@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import structlog
 import trio
 import trio.testing
 from trio.testing import MockClock
@@ -270,6 +271,32 @@ async def test_a_draining_server_sends_clients_back_within_its_window(
         assert lost.reason is CloseReason.PEER_CLOSED
         assert 2.0 <= lost.retry_in <= 4.0
         assert "retry=2.0..4.0" in lost.detail
+
+
+async def test_a_server_that_never_starts_the_session_is_left_within_the_handshake_timeout(
+    clock: MockClock, start_server: StartServer
+) -> None:
+    # The WebSocket opens and pings are answered, but no hello (or resumed)
+    # ever comes: lost on the way, or the server is stuck. The heartbeat
+    # cannot tell; the client must not wait for it forever.
+    server = await start_server(idle, websocket_paths=["/ws"])
+    config = ConnectionConfig(handshake_timeout=2.0)
+    with structlog.testing.capture_logs() as logged:
+        async with open_resuming(
+            f"ws://127.0.0.1:{server.port}/ws", config=config, backoff=Backoff(base=0.1, cap=0.1)
+        ) as client:
+            opened = trio.current_time()
+            lost = await next_event(client, Disconnected)
+            assert isinstance(lost, Disconnected)
+            assert lost.reason is CloseReason.PROTOCOL_ERROR
+            assert trio.current_time() - opened == pytest.approx(2.0, abs=0.1)
+            again = await next_event(client, Disconnected)  # it tries again, and leaves again
+            assert isinstance(again, Disconnected)
+            assert again.reason is CloseReason.PROTOCOL_ERROR
+            assert client.statistics().connections == 2
+    details = [e.get("detail") for e in logged if e["event"] == "connection.closed"]
+    assert details.count("no hello within 2.0 s") >= 2
+    await server.wait_until(lambda s: s.closed.get("peer_closed", 0) >= 2)
 
 
 async def test_send_while_reconnecting_raises_not_connected(

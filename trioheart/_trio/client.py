@@ -652,10 +652,29 @@ class ResumingClient:
         return reason, detail, window, None, False
 
     async def _deliver(self, conn: Connection) -> None:
-        """Feed the server's messages to the resume protocol and hand out events."""
+        """Feed the server's messages to the resume protocol and hand out events.
+
+        The session must start (``hello``, or ``resumed``, or ``reset`` and
+        ``hello``) within ``handshake_timeout`` of the connection opening:
+        the heartbeat keeps a connection whose server answers pings but
+        never says hello (it was lost on the way, or the server is stuck)
+        alive forever, so that bound closes it as ``protocol_error``, and
+        the next connection tries again.
+        """
         protocol = self._protocol
         send = self._send_events.send
-        async for raw in conn:
+        timeout = self._config.handshake_timeout
+        opening_deadline = conn.opened_at + timeout
+        while True:
+            live = protocol.state is ClientState.LIVE
+            with trio.move_on_at(math.inf if live else opening_deadline) as opening:
+                try:
+                    raw = await conn.receive()  # on cancellation, nothing is lost
+                except ConnectionClosed:
+                    return
+            if opening.cancelled_caught:
+                conn.close(CloseReason.PROTOCOL_ERROR, f"no hello within {timeout} s")
+                return
             if isinstance(raw, bytes):
                 if protocol.state is ClientState.LIVE:
                     await send(Message(seq=None, data=raw))
@@ -730,7 +749,10 @@ async def open_resuming(
       url: The room's WebSocket URL (``ws://host:port/ws?room=R&name=N``),
         or several to rotate through.
       config: How each connection runs (:class:`~trioheart.ConnectionConfig`):
-        its heartbeat, keepalive and bounds.
+        its heartbeat, keepalive and bounds. ``handshake_timeout`` bounds
+        the HTTP handshake, and again the wait for the session to start
+        (``hello`` or ``resumed``); a connection that misses it is closed
+        as ``protocol_error`` and the client reconnects.
       backoff: The reconnect policy; ``Backoff()`` (0.5 s base, 30 s cap,
         full jitter, never give up) by default.
       headers: Extra handshake headers.
