@@ -426,6 +426,46 @@ async def test_plain_http_is_served_and_not_counted(
     assert server.statistics().closed == {}
 
 
+async def test_plain_http_answered_near_the_handshake_deadline_is_not_counted(
+    clock: MockClock, start_server: StartServer, logs: list[dict[str, Any]]
+) -> None:
+    # The answer goes out just before handshake_timeout (a slow handler, or
+    # a server under load); the lingering close after it runs past the
+    # deadline. A served request is not a close, whenever its linger ends.
+    async def slow_http(request: trioheart.HttpRequest) -> trioheart.HttpResponse | None:
+        await trio.sleep(4.5)  # FAST.handshake_timeout is 5
+        return trioheart.HttpResponse.text(200, "late but whole")
+
+    server = await start_server(echo, config=FAST, http_handler=slow_http)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = b""
+    while chunk := await stream.receive_some(65536):
+        response += chunk
+    assert response.endswith(b"late but whole")
+    await trio.sleep(2)  # we never close our side: the server's linger times out
+    assert server.statistics().closed == {}
+    assert closed_events(logs) == []
+    await stream.aclose()
+
+
+async def test_a_refusal_near_the_handshake_deadline_is_counted_once(
+    clock: MockClock, start_server: StartServer, logs: list[dict[str, Any]]
+) -> None:
+    server = await start_server(echo, config=FAST)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await trio.sleep(4.8)  # FAST.handshake_timeout is 5
+    await stream.send_all(b"garbage\r\n\r\n")
+    response = b""
+    while chunk := await stream.receive_some(65536):
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 400")
+    await trio.sleep(2)  # we never close our side: the server's linger times out
+    assert server.statistics().closed == {"handshake_failed": 1}
+    assert [event["reason"] for event in closed_events(logs)] == ["handshake_failed"]
+    await stream.aclose()
+
+
 async def test_shutdown_announces_when_to_come_back(
     clock: MockClock, start_server: StartServer
 ) -> None:
