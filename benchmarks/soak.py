@@ -466,6 +466,9 @@ class Ledger:
 
     #: (room, epoch) -> seq -> text, from every delivery.
     history: dict[tuple[str, str], dict[int, str]] = attrs.field(factory=dict)
+    #: (room, epoch) -> the highest seq any client saw: delivered, or where a
+    #: session started (a room's history may go on while no one is there).
+    heads: dict[tuple[str, str], int] = attrs.field(factory=dict)
     #: text -> (room, epoch, seq) where it was published.
     published_at: dict[str, tuple[str, str, int]] = attrs.field(factory=dict)
     #: text -> the member that sent it and the connection it went out on.
@@ -531,6 +534,8 @@ class Ledger:
                 self.violation(
                     f"{member.name} resumed into epoch {event.epoch}, not {member.epoch}"
                 )
+            else:
+                self._saw(member, event.seq)
             return
         if member.next_seq is not None:  # a fresh session after the first: only after a Reset
             self.fresh_after_loss += 1
@@ -541,6 +546,12 @@ class Ledger:
         member.reset_pending = False
         member.epoch = event.epoch
         member.next_seq = event.seq + 1
+        self._saw(member, event.seq)
+
+    def _saw(self, member: Member, seq: int) -> None:
+        assert member.epoch is not None
+        key = (member.room, member.epoch)
+        self.heads[key] = max(self.heads.get(key, 0), seq)
 
     def _on_message(self, member: Member, event: Message) -> None:
         data = event.data
@@ -566,6 +577,7 @@ class Ledger:
             self.gaps_delivered += seq - member.next_seq
             self.violation(f"{member.name} skipped seqs {member.next_seq}..{seq - 1}")
         member.next_seq = seq + 1
+        self._saw(member, seq)
         key = (member.room, member.epoch)
         known = self.history.setdefault(key, {}).setdefault(seq, text)
         if known != text:
@@ -577,8 +589,9 @@ class Ledger:
             member.marker_seen = True
 
     def head(self, member: Member) -> int:
+        """The room's last seq, as far as any client saw it, in the member's epoch."""
         assert member.epoch is not None
-        return max(self.history.get((member.room, member.epoch), {0: ""}))
+        return self.heads.get((member.room, member.epoch), 0)
 
     def unacknowledged(self, members: Sequence[Member]) -> tuple[Counter[str], list[str]]:
         """Sent texts no one received: (lost with their connection, by why it ended; lost).
