@@ -641,6 +641,8 @@ class Soak:
     send_skipped: int = 0
     gave_up: int = 0
     phase: str = "baseline"
+    #: The clients' event loop: the most a 50 ms sleep overslept since the last sample.
+    loop_lag: float = 0.0
     #: Unparked after every client event.
     changed: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
 
@@ -681,6 +683,9 @@ class Soak:
                 blocks=health["process"]["allocated_blocks"],
                 closed=health["closed"],
             )
+            if health.get("stalls"):
+                row["server_stalls"] = health["stalls"]["count"]
+                row["server_stall_max"] = round(health["stalls"]["max_s"], 3)
         except (OSError, ValueError, KeyError) as exc:
             row["server_error"] = repr(exc)
         try:
@@ -694,8 +699,16 @@ class Soak:
         row["members_live"] = sum(1 for m in live if m.live)
         row["sent"] = self.sent
         row["deliveries"] = self.ledger.deliveries
+        row["client_loop_lag"], self.loop_lag = round(self.loop_lag, 3), 0.0
         self.samples.append(row)
         return row
+
+    async def watch_loop_lag(self) -> None:
+        """How late the clients' event loop wakes a sleeper: its lag, for the timeline."""
+        while True:
+            asleep = trio.current_time()
+            await trio.sleep(0.05)
+            self.loop_lag = max(self.loop_lag, trio.current_time() - asleep - 0.05)
 
     # -- chaos ----------------------------------------------------------------
 
@@ -722,12 +735,15 @@ class Soak:
         try:
             if event.get("down"):
                 await self.proxy.set_enabled(False)
+                record["applied_at"] = round(trio.current_time() - self.started, 3)
                 await trio.sleep(event["hold"])
                 await self.proxy.set_enabled(True)
-                return
-            await self.proxy.add(event["toxic"])
-            await trio.sleep(event["hold"])
-            await self.proxy.remove(event["toxic"]["name"])
+            else:
+                await self.proxy.add(event["toxic"])
+                record["applied_at"] = round(trio.current_time() - self.started, 3)
+                await trio.sleep(event["hold"])
+                await self.proxy.remove(event["toxic"]["name"])
+            record["removed_at"] = round(trio.current_time() - self.started, 3)
         except RuntimeError as exc:  # the run goes on; the proxy is reset at the end
             record["error"] = str(exc)
             _progress(f"chaos event at {event['at']} s failed: {exc}")
@@ -922,6 +938,7 @@ async def drive(plan: Plan, server_port: int, proxy_port: int, control_port: int
             f"through the proxy"
         )
         async with trio.open_nursery() as clients:
+            clients.start_soon(soak.watch_loop_lag)
             for index in range(plan.clients):
                 clients.start_soon(soak.slot, index)
             async with trio.open_nursery() as chaos:
@@ -1023,6 +1040,7 @@ def run(plan: Plan, log: IO[bytes]) -> dict[str, Any]:
         *("--max-messages", str(plan.log_messages)),
     ]
     load_start = os.getloadavg()
+    overflows = _listen_overflows()
     (node,) = start_nodes(1, redis=None, key=KEY, extra_args=extra, stderr=log)
     proxy: subprocess.Popen[str] | None = None
     try:
@@ -1031,6 +1049,10 @@ def run(plan: Plan, log: IO[bytes]) -> dict[str, Any]:
         results = trio.run(drive, plan, node.port, listen, control)
         results["server_alive"] = node.process.poll() is None
         results["load_start"] = load_start
+        after = _listen_overflows()
+        results["listen_overflows"] = (
+            None if overflows is None or after is None else after - overflows
+        )
         results["cpu_seconds"] = {
             "server": _cpu_seconds(node.pid),
             "proxy": _cpu_seconds(proxy.pid),
@@ -1041,6 +1063,19 @@ def run(plan: Plan, log: IO[bytes]) -> dict[str, Any]:
             stop_proxy(proxy)
         node.stop()
     return results
+
+
+def _listen_overflows() -> int | None:
+    """The kernel's count of connections dropped at a full accept queue (all of this host)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in itertools.pairwise(lines):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", 0))
+    return None
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -1224,7 +1259,13 @@ def report(plan: Plan, results: dict[str, Any], command: str, log_text: str) -> 
         },
         "server_log": _log_levels(log_text),
         "cpu_seconds": results["cpu_seconds"],
+        "client_loop_lag_max_s": max((r.get("client_loop_lag", 0.0) for r in samples), default=0),
+        "server_stalls": {
+            "count": max((r.get("server_stalls", 0) for r in samples), default=0),
+            "max_s": max((r.get("server_stall_max", 0.0) for r in samples), default=0),
+        },
         "load_average": {"start": results["load_start"], "end": os.getloadavg()},
+        "listen_overflows_on_host": results["listen_overflows"],
         "violation_count": ledger.violation_count,
         "violations": ledger.violations,
         "timeline": samples,
@@ -1266,6 +1307,15 @@ def _table(data: dict[str, Any]) -> str:
         "client disconnects: "
         + ", ".join(f"{k} {v}" for k, v in closes["client_disconnects_by_reason"].items()),
     ]
+    cpu, load = data["cpu_seconds"], data["load_average"]["start"]
+    lines.append(
+        f"machine: {data['machine']['cpus']} cores, load average {load[0]:.1f} at the start; CPU "
+        f"seconds: server {cpu['server']}, proxy {cpu['proxy']}, clients {cpu['clients']} in "
+        f"{data['wall_seconds']:.0f} s; clients' loop lag up to {data['client_loop_lag_max_s']} s, "
+        f"server loop stalls {data['server_stalls']['count']} (up to "
+        f"{data['server_stalls']['max_s']} s); connections dropped at a full accept queue "
+        f"on this host during the run: {data['listen_overflows_on_host']}"
+    )
     if data["violations"]:
         lines.append(f"VIOLATIONS ({data['violation_count']}):")
         lines += [f"  {v}" for v in data["violations"][:20]]
@@ -1323,8 +1373,10 @@ def _plot(data: dict[str, Any], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         for event in data["chaos"]["schedule"]:
-            if event.get("down"):
-                ax.axvspan(event["at"], event["at"] + event["hold"], color="orange", alpha=0.3)
+            if event.get("down") and "applied_at" in event:
+                # From when the proxy confirmed it was down to when it was back up.
+                end = event.get("removed_at", event["applied_at"] + event["hold"])
+                ax.axvspan(event["applied_at"], end, color="orange", alpha=0.3)
         churn_end = data["plan"]["duration"]
         ax.axvline(churn_end, color="black", linewidth=0.8, linestyle="--")
     conns.set_title(
