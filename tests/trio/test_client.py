@@ -352,3 +352,42 @@ async def test_events_not_taken_do_not_grow_memory_and_lose_nothing(
         assert stats.connections >= 2
         assert stats.resumes == stats.connections - 1
         assert stats.duplicates == 0
+
+
+async def test_a_close_with_messages_still_queued_is_retried_without_waiting_out_close_timeout(
+    clock: MockClock, nursery: trio.Nursery
+) -> None:
+    """Regression: the retry waited a whole close_timeout when messages were queued at the close.
+
+    The client waited for the close inside connect()'s block, whose handler
+    keeps the connection open for ``close_timeout`` while messages are
+    queued; so a client that lagged behind its server, as every client in
+    a reconnect storm does, started its backoff that much later.
+    """
+    server = await start_demo(nursery)
+    url = f"ws://127.0.0.1:{server.port}/ws?room=linger"
+    config = ConnectionConfig(close_timeout=5.0)
+    async with (
+        open_resuming(f"{url}&name=ann") as ann,
+        open_resuming(f"{url}&name=bob", config=config, max_events=1) as bob,
+    ):
+        await next_event(ann, Connected)
+        await bob.wait_connected()
+        for i in range(5):
+            await ann.send({"type": "chat", "text": f"m{i}"})
+        assert await chat_texts(ann, 5) == [f"m{i}" for i in range(5)]
+        # Bob takes no event yet: his one-event channel is full, so the five
+        # messages wait in his connection, and the server's close frame
+        # arrives behind them on the same stream.
+        (conn,) = [c for c in server.connections if c.query.get("name") == "bob"]
+        closed_at = trio.current_time()
+        conn.close(CloseReason.APP_CLOSED)
+        texts: list[str] = []
+        with trio.fail_after(WAIT):
+            async for event in bob:
+                if isinstance(event, Message) and isinstance(event.data, dict):
+                    texts.append(event.data["text"])
+                if isinstance(event, Disconnected):
+                    break
+        assert texts == [f"m{i}" for i in range(5)]  # nothing queued was dropped
+        assert trio.current_time() - closed_at < 1.0  # not close_timeout (5 s)

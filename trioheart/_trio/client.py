@@ -630,8 +630,11 @@ class ResumingClient:
                 if request is not None:
                     await conn.send(request)
                 await self._deliver(conn)
+                # Leave the block to wait for the close: waiting inside it
+                # would keep connect()'s handler alive, and a connection that
+                # ended with messages still queued would then linger for its
+                # whole close_timeout before the retry could even start.
                 conn.close(CloseReason.APP_CLOSED)
-                await conn.wait_closed()
         except HandshakeRejected as exc:
             fatal = exc.status not in _RETRY_STATUSES
             return None, str(exc), None, exc, fatal
