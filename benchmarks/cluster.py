@@ -16,6 +16,7 @@ import argparse
 import functools
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -168,6 +169,11 @@ class ChatClient:
     #: trio.current_time() when the last connection was lost, until it is live again.
     lost_at: float | None = None
     resume_latencies: list[float] = attrs.field(factory=list)
+    #: trio.current_time() at which each retry was due to start (a lost
+    #: connection or failed try plus the delay the client drew).
+    retries_at: list[float] = attrs.field(factory=list)
+    #: trio.current_time() of each Connected (the session live in the room).
+    connected_at: list[float] = attrs.field(factory=list)
     epoch: str | None = None
     last_error: str = ""
     _changed: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
@@ -226,6 +232,7 @@ class ChatClient:
             self.connections = event.connection
             if event.resumed:
                 self.resumed += 1
+            self.connected_at.append(trio.current_time())
             if self.lost_at is not None:
                 self.resume_latencies.append(trio.current_time() - self.lost_at)
                 self.lost_at = None
@@ -234,6 +241,7 @@ class ChatClient:
             self.resyncs.append(str(event.reason))
         elif isinstance(event, Disconnected):
             self.last_error = event.detail
+            self.retries_at.append(trio.current_time() + event.retry_in)
             if self.lost_at is None:
                 self.lost_at = trio.current_time()
         elif isinstance(event.data, dict) and event.data.get("type") == "chat":
@@ -242,18 +250,32 @@ class ChatClient:
             self.delivered.append((self.epoch, event.seq, str(event.data["text"])))
         self._changed.unpark_all()
 
-    async def run(self, urls: Sequence[str], *, start: int = 0, retry: float = 0.05) -> None:
+    async def run(
+        self,
+        urls: Sequence[str],
+        *,
+        start: int = 0,
+        retry: float = 0.05,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         """Connect to ``urls[start]``; on a lost connection try the next, resuming.
 
         Runs until cancelled. *urls* are the nodes' base URLs
-        (``ws://host:port``); each retry waits *retry* seconds.
+        (``ws://host:port``); each retry waits *retry* seconds, or what
+        *backoff* (with *rng*) draws when it is given.
         """
         ordered = [*urls[start:], *urls[:start]]
         query = f"/ws?room={self.room}&name={self.name}"
-        backoff = Backoff(base=retry, cap=retry, factor=1.0, jitter="none")
+        if backoff is None:
+            backoff = Backoff(base=retry, cap=retry, factor=1.0, jitter="none")
         config = trioheart.ConnectionConfig(max_queued_messages=1024, max_queued_bytes=4 << 20)
         async with open_resuming(
-            [url + query for url in ordered], backoff=backoff, config=config, max_events=4096
+            [url + query for url in ordered],
+            backoff=backoff,
+            config=config,
+            max_events=4096,
+            rng=rng,
         ) as client:
             self._client = client
             async for event in client:
