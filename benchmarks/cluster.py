@@ -169,11 +169,6 @@ class ChatClient:
     #: trio.current_time() when the last connection was lost, until it is live again.
     lost_at: float | None = None
     resume_latencies: list[float] = attrs.field(factory=list)
-    #: trio.current_time() at which each retry was due to start (a lost
-    #: connection or failed try plus the delay the client drew).
-    retries_at: list[float] = attrs.field(factory=list)
-    #: trio.current_time() of each Connected (the session live in the room).
-    connected_at: list[float] = attrs.field(factory=list)
     epoch: str | None = None
     last_error: str = ""
     _changed: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
@@ -232,7 +227,6 @@ class ChatClient:
             self.connections = event.connection
             if event.resumed:
                 self.resumed += 1
-            self.connected_at.append(trio.current_time())
             if self.lost_at is not None:
                 self.resume_latencies.append(trio.current_time() - self.lost_at)
                 self.lost_at = None
@@ -241,7 +235,6 @@ class ChatClient:
             self.resyncs.append(str(event.reason))
         elif isinstance(event, Disconnected):
             self.last_error = event.detail
-            self.retries_at.append(trio.current_time() + event.retry_in)
             if self.lost_at is None:
                 self.lost_at = trio.current_time()
         elif isinstance(event.data, dict) and event.data.get("type") == "chat":

@@ -1,10 +1,10 @@
 """A reconnect storm: N clients cut at once, for each jitter, and a server drain.
 
-``python -m benchmarks.reconnect_storm [--quick] [--out DIR]``
+``python -m benchmarks.reconnect_storm [--quick] [--clients N] [--out DIR]``
 
 N resuming clients (:class:`benchmarks.cluster.ChatClient`, i.e.
 :func:`trioheart.client.open_resuming`) chat in rooms of about 100 through
-a :class:`trioheart.proxy.Proxy` in front of the demo's chat server
+a :class:`trioheart.proxy.Proxy` in front of the demo's chat app
 (:class:`trioheart.demo.app.ChatApp`), while a publisher in the server's
 process keeps posting to every room. Then all of them are cut at once: the
 proxy goes down (every connection gets a FIN, new ones are refused) for
@@ -16,11 +16,15 @@ That is done for each :class:`~trioheart.backoff.Jitter` (``none``,
 ``equal``, ``full``, ``decorrelated``) with the same base, cap and factor
 (the library's defaults in the full run: 0.5 s, 30 s, 2). Measured:
 
-* accepted handshakes per 100 ms at the server (a stamp per handshake,
-  the peak is the largest 100 ms bucket), and the connect attempts the
-  clients scheduled per 100 ms (the offered load, refused ones included);
-* per client, the time from its lost connection to ``resumed`` (p50, p99,
+* handshakes the server accepted per 100 ms (a stamp per handshake; the
+  peak is the largest 100 ms bucket), and the reconnects the clients
+  scheduled per 100 ms (the offered load, refused ones included);
+* per client, the time from the cut to its resumed session (p50, p99,
   max), and at the server the time from the cut to the N-th handshake;
+  clients not back within ``storm_bound`` are reported as such, and the
+  run goes on;
+* failed tries by kind, handshakes the server completed for clients that
+  had already given up (wasted), and SYNs dropped by full accept queues;
 * messages lost, duplicated and out of order per client (must be 0), and
   resets.
 
@@ -28,14 +32,15 @@ Then the drain case: no proxy, the server shuts down with
 :meth:`Server.aclose(retry_window=...) <trioheart.Server.aclose>`, a
 window sized by :meth:`RetryWindow.spread
 <trioheart.backoff.RetryWindow.spread>` for a promised rate, and a new
-server on the same port and the same broker takes over; the clients spread
-their reconnects over the window. Its peak per 100 ms is compared with the
-promised rate.
+server on the same port and the same broker takes over while the old one
+drains; the clients spread their reconnects over the window. Its peak per
+100 ms is compared with the promised rate.
 
 The server, the proxy and the publisher run in this process, the clients
-in one child process (both on the same two cores); the absolute times are
-this machine's, the comparison between jitters in the same run is the
-result. Writes DIR/reconnect_storm.json and DIR/reconnect_storm.png;
+in one child process (``--run-clients``, fed over pipes), on the same two
+cores as whatever else runs; the absolute times are the machine's, the
+comparison between jitters in the same run is the result. Writes
+DIR/reconnect_storm.json, .png and .rst (the docs include the table);
 prints a table and the command that re-creates them.
 """
 
@@ -51,6 +56,7 @@ import math
 import os
 import platform
 import random
+import re
 import resource
 import subprocess
 import sys
@@ -66,8 +72,9 @@ import trio
 import trioheart
 from benchmarks.cluster import ChatClient
 from trioheart.backoff import Backoff, RetryWindow
+from trioheart.client import ClientEvent, ClientStatistics, Connected, Disconnected
 from trioheart.demo.app import ChatApp
-from trioheart.proxy import open_proxy
+from trioheart.proxy import Proxy, open_proxy
 from trioheart.resume import LogLimits, ResumeServer
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -114,6 +121,9 @@ class Settings:
     ramp: int
     #: The bound of each phase, seconds.
     timeout: float
+    #: How long after the cut the clients have to come back; past it the
+    #: case is reported as not all back (and the run goes on).
+    storm_bound: float
 
     @property
     def rooms(self) -> int:
@@ -133,6 +143,7 @@ QUICK: Final = Settings(
     drain_earliest=0.2,
     ramp=50,
     timeout=60.0,
+    storm_bound=60.0,
 )
 FULL: Final = Settings(
     clients=2000,
@@ -145,8 +156,9 @@ FULL: Final = Settings(
     tail=1.0,
     drain_rate=250.0,
     drain_earliest=1.0,
-    ramp=25,
+    ramp=10,
     timeout=180.0,
+    storm_bound=240.0,
 )
 
 
@@ -201,8 +213,53 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
-def _has(client: ChatClient, *, count: int) -> bool:
-    return len(client.delivered) >= count
+def _failure_kind(event: Disconnected) -> str:
+    """A short name for why a connection ended, or a try failed."""
+    if event.reason is not None:
+        return f"closed: {event.reason.value}"
+    detail = event.detail
+    if detail.startswith("no answer to the handshake"):
+        return "handshake timeout"
+    if "during the handshake" in detail:
+        return "handshake broken"
+    if "refused the handshake with HTTP" in detail:
+        return "HTTP " + detail.split("HTTP ", 1)[1][:3]
+    if "connect" in detail.lower():
+        return "connect failed"
+    return detail[:40]
+
+
+@attrs.define(eq=False)
+class StormClient(ChatClient):
+    """A :class:`ChatClient` that also stamps its retries and resumes, and counts failures."""
+
+    #: trio.current_time() at which each retry was due (a failure plus the drawn delay).
+    retries_at: list[float] = attrs.field(factory=list)
+    #: trio.current_time() of each Connected.
+    connected_at: list[float] = attrs.field(factory=list)
+    #: Disconnected events by :func:`_failure_kind`.
+    failures: Counter[str] = attrs.field(factory=Counter)
+
+    def _on(self, event: ClientEvent) -> None:
+        if isinstance(event, Connected):
+            self.connected_at.append(trio.current_time())
+        elif isinstance(event, Disconnected):
+            self.retries_at.append(trio.current_time() + event.retry_in)
+            self.failures[_failure_kind(event)] += 1
+        super()._on(event)
+
+    def forget(self) -> ClientStatistics:
+        """Forget what filling the rooms took; the counters to subtract later."""
+        self.resume_latencies.clear()
+        self.retries_at.clear()
+        self.connected_at.clear()
+        self.failures.clear()
+        return self.statistics()
+
+
+def _settled(client: StormClient, *, count: int) -> bool:
+    """Has every message of its room, or is not connected (then it is not waited for)."""
+    return len(client.delivered) >= count or not client.live_now
 
 
 def _check_client(client: ChatClient, expected: int) -> dict[str, int]:
@@ -220,6 +277,16 @@ def _check_client(client: ChatClient, expected: int) -> dict[str, int]:
     }
 
 
+async def _report_clients(clients: Sequence[StormClient]) -> None:
+    """Say every few seconds how many clients are live, and why the others last failed."""
+    while True:
+        await trio.sleep(5.0)
+        down = [c for c in clients if not c.live_now]
+        if down:
+            why = Counter(c.last_error.split(":")[0][:60] for c in down).most_common(3)
+            _progress(f"clients: {len(clients) - len(down)} live; the others last saw {why}")
+
+
 async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
     """Connect the clients, say LIVE, wait for END, check what they got; the child's body."""
     settings = Settings(**spec["settings"])
@@ -229,7 +296,7 @@ async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
     seeds = random.Random(spec["seed"])
     offset = time.monotonic() - trio.current_time()  # to share stamps with the server's process
     rooms = settings.rooms
-    clients = [ChatClient(name=f"c{i}", room=f"room{i % rooms}") for i in range(settings.clients)]
+    clients = [StormClient(name=f"c{i}", room=f"room{i % rooms}") for i in range(settings.clients)]
     stdin = _Lines(trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())))
     async with trio.open_nursery() as nursery:
         for i, client in enumerate(clients):
@@ -246,13 +313,9 @@ async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
         with trio.fail_after(settings.timeout):
             for client in clients:
                 await client.wait_until(lambda c: c.live_now)
-        before = {}
-        for client in clients:  # forget what filling the rooms took
-            client.resume_latencies.clear()
-            client.retries_at.clear()
-            client.connected_at.clear()
-            before[client.name] = client.statistics()
+        before = {client.name: client.forget() for client in clients}
         print("LIVE", flush=True)
+        nursery.start_soon(_report_clients, clients)
         line = await stdin.next()
         if not line.startswith("END "):
             raise RuntimeError(f"expected END, got {line[:80]!r}")
@@ -262,10 +325,12 @@ async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
         with trio.move_on_after(settings.timeout):
             for client in clients:
                 want = counts.get(client.room, 0)
-                await client.wait_until(functools.partial(_has, count=want))
+                await client.wait_until(functools.partial(_settled, count=want))
+        down = {client.name for client in clients if not client.live_now}
         nursery.cancel_scope.cancel()
     totals: Counter[str] = Counter()
-    reset_missed = reset_clients = incomplete = 0
+    failures: Counter[str] = Counter()
+    reset_missed = reset_clients = incomplete = down_missing = 0
     latencies: list[float] = []  # the client's view: its lost connection to resumed
     since_cut: list[float] = []  # the server's cut to this client's first resume
     retries: list[float] = []
@@ -275,7 +340,10 @@ async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
         if client.resyncs:
             reset_clients += 1
             reset_missed += check.pop("lost")
+        elif client.name in down:  # still reconnecting: what it lacks is not lost (yet)
+            down_missing += check.pop("lost")
         totals.update(check)
+        failures.update(client.failures)
         incomplete += int(len(client.delivered) < counts.get(client.room, 0))
         totals["resets"] += len(client.resyncs)
         totals["reconnects"] += stats.connections - start.connections
@@ -301,6 +369,9 @@ async def run_clients(spec: dict[str, Any]) -> dict[str, Any]:
         "reset_clients": reset_clients,
         "missed_after_reset": reset_missed,
         "incomplete_clients": incomplete,
+        "down_at_end_clients": len(down),
+        "missing_while_down": down_missing,
+        "failures": dict(failures.most_common()),
         "delivered": sum(len(c.delivered) for c in clients),
         **{key: totals.get(key, 0) for key in COUNTED},
     }
@@ -335,6 +406,21 @@ async def _publish(broker: trioheart.EmbeddedBroker, counts: dict[str, int], eve
         await trio.sleep_until(at)
 
 
+async def _report(
+    case: str, server: trioheart.Server, accepted: int, cut_at: float, proxy: Proxy | None
+) -> None:
+    """Say every few seconds how far the clients are; until cancelled."""
+    while True:
+        await trio.sleep(5.0)
+        stats = server.statistics()
+        through = "" if proxy is None else f", {proxy.statistics().connections_open} at the proxy"
+        _progress(
+            f"{case}: {time.monotonic() - cut_at:.0f} s after the cut: "
+            f"{stats.connections_accepted - accepted} handshakes, {stats.connections_open} open"
+            f"{through}, closed {stats.closed}"
+        )
+
+
 async def _drain(server: trioheart.Server, window: RetryWindow, done: list[float]) -> None:
     """Close *server* with *window* in every close frame; note when it is all closed."""
     await server.aclose(retry_window=window)
@@ -357,6 +443,10 @@ async def _restart(
             await trio.sleep(0.01)  # the old listener closes at its next checkpoint
         else:
             return server
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _per_bucket(stamps: Sequence[float], origin: float, end: float) -> list[int]:
@@ -446,15 +536,22 @@ async def run_case(settings: Settings, case: str, seed: int) -> dict[str, Any]:
                         accepted = 0
                         restart = time.monotonic() - cut_at
                         _progress(f"{case}: a new server listens after {restart:.2f} s")
-                    with trio.fail_after(settings.timeout):
-                        await server.wait_until(
-                            lambda s: (
-                                s.connections_accepted - accepted >= n and s.connections_open >= n
+                    async with trio.open_nursery() as watching:
+                        watching.start_soon(_report, case, server, accepted, cut_at, proxy)
+                        with trio.move_on_after(settings.storm_bound) as bound:
+                            await server.wait_until(
+                                lambda s: (
+                                    s.connections_accepted - accepted >= n
+                                    and s.connections_open >= n
+                                )
                             )
-                        )
-                    all_back = time.monotonic() - cut_at
+                        watching.cancel_scope.cancel()
+                    all_back = None if bound.cancelled_caught else time.monotonic() - cut_at
                     after_drops = _listen_drops()
-                    _progress(f"{case}: all {n} back {all_back:.2f} s after the cut")
+                    if all_back is None:
+                        _progress(f"{case}: not all back {settings.storm_bound} s after the cut")
+                    else:
+                        _progress(f"{case}: all {n} back {all_back:.2f} s after the cut")
                     await trio.sleep(settings.tail)
                     publishing.cancel_scope.cancel()
                 finish = {"published": counts, "cut_at": cut_at}
@@ -478,10 +575,13 @@ async def run_case(settings: Settings, case: str, seed: int) -> dict[str, Any]:
             stalls["count"] += seen.count
             stalls["max_s"] = max(stalls["max_s"], seen.max)
             stalls["total_s"] += seen.total
-    end = cut_at + all_back + 1.0
+    end = cut_at + (settings.storm_bound if all_back is None else all_back) + 1.0
     accepts = _per_bucket(accepted_at, cut_at, end)
     attempts = _per_bucket(clients.pop("retries_at"), cut_at, end)
     since_cut, latencies = clients["since_cut"], clients["latencies"]
+    # Clients not back count as later than any that are (None in the JSON).
+    padded: list[float] = since_cut + [math.inf] * (n - len(since_cut))
+    handshakes = sum(1 for at in accepted_at if at >= cut_at)
     result: dict[str, Any] = {
         "case": case,
         "jitter": spec["jitter"],
@@ -494,9 +594,11 @@ async def run_case(settings: Settings, case: str, seed: int) -> dict[str, Any]:
             sum(accepts[i : i + 10]) for i in range(max(1, len(accepts) - 9))
         ),
         "all_back_s": all_back,
-        "resume_p50_s": _percentile(since_cut, 0.5),
-        "resume_p99_s": _percentile(since_cut, 0.99),
-        "resume_max_s": since_cut[-1] if since_cut else math.nan,
+        "resume_p50_s": _finite(_percentile(padded, 0.5)),
+        "resume_p99_s": _finite(_percentile(padded, 0.99)),
+        "resume_max_s": _finite(padded[-1]),
+        "server_handshakes": handshakes,
+        "wasted_handshakes": max(0, handshakes - clients["reconnects"]),
         "lost_to_resumed_p50_s": _percentile(latencies, 0.5),
         "lost_to_resumed_p99_s": _percentile(latencies, 0.99),
         "server_stalls": stalls,
@@ -518,20 +620,25 @@ def run(quick: bool, clients: int | None = None) -> dict[str, Any]:
     settings = QUICK if quick else FULL
     if clients is not None:
         settings = attrs.evolve(settings, clients=clients)
+    load_before = os.getloadavg()
     cases: list[dict[str, Any]] = []
     for number, case in enumerate([*JITTERS, "drain"]):
+        load = os.getloadavg()  # other programs share the cores: say how busy they were
         result = trio.run(run_case, settings, case, 1000 + number)
+        result["load_average_at_start"] = load
         cases.append(result)
+        bound = settings.storm_bound
         _progress(
             f"{case}: peak {result['peak_accepts_per_100ms']}/100 ms, all back "
-            f"{result['all_back_s']:.2f} s, resume p50 {result['resume_p50_s']:.2f} s "
-            f"p99 {result['resume_p99_s']:.2f} s; lost {result['lost']}, "
-            f"dup {result['duplicated']}, resets {result['resets']}"
+            f"{_secs(result['all_back_s'], bound)} s, resume p50 "
+            f"{_secs(result['resume_p50_s'], bound)} s p99 {_secs(result['resume_p99_s'], bound)} "
+            f"s; lost {result['lost']}, dup {result['duplicated']}, resets {result['resets']}"
         )
     full = next(c for c in cases if c["case"] == "full")
     for row in cases:
         row["peak_ratio_vs_full"] = row["peak_accepts_per_100ms"] / full["peak_accepts_per_100ms"]
-        row["all_back_ratio_vs_full"] = row["all_back_s"] / full["all_back_s"]
+        if row["all_back_s"] is not None and full["all_back_s"] is not None:
+            row["all_back_ratio_vs_full"] = row["all_back_s"] / full["all_back_s"]
     return {
         "benchmark": "reconnect_storm",
         "command": "python -m benchmarks.reconnect_storm"
@@ -541,34 +648,46 @@ def run(quick: bool, clients: int | None = None) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "load_average_before": os.getloadavg(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
         },
         "settings": attrs.asdict(settings),
         "note": (
             "the server, the proxy and the publisher in one process, the clients in another, "
             "on the same cores; accepts = WebSocket handshakes the server completed per 100 ms "
             "from the cut; attempts = connect tries the clients scheduled per 100 ms (refused "
-            "ones included); resume latency = a client's lost connection to its resumed session; "
-            "all_back_s = cut to the N-th handshake at the server; lost/duplicated/out_of_order "
-            "count messages against each room's history (clients with a reset apart); "
-            "listen_overflows = SYNs dropped by full accept queues in this network namespace"
+            "ones included); resume_* = from the cut to each client's first resumed session "
+            "(None: not back within storm_bound); lost_to_resumed_* = the client's own view, from "
+            "its lost connection; all_back_s = cut to the N-th handshake at the server; "
+            "wasted_handshakes = handshakes the server completed for clients that had given up "
+            "on them; lost/duplicated/out_of_order count messages against each room's history "
+            "(clients with a reset, or still reconnecting at the end, apart); listen_overflows "
+            "= SYNs dropped by full accept queues in this network namespace (other programs too)"
         ),
         "cases": cases,
     }
 
 
+def _secs(value: float | None, bound: float) -> str:
+    return f">{bound:.0f}" if value is None else f"{value:.2f}"
+
+
 def _table(report: dict[str, Any]) -> str:
+    bound = report["settings"]["storm_bound"]
     head = (
         f"{'case':<13}{'peak/100ms':>11}{'tries/100ms':>12}{'all back s':>11}"
-        f"{'p50 s':>7}{'p99 s':>7}{'max s':>7}{'failed':>8}{'lost':>6}{'dup':>5}{'resets':>8}"
+        f"{'p50 s':>7}{'p99 s':>7}{'max s':>7}{'failed':>8}{'wasted':>7}"
+        f"{'lost':>6}{'dup':>5}{'resets':>8}"
     )
     lines = [head]
     for row in report["cases"]:
         lines.append(
             f"{row['case']:<13}{row['peak_accepts_per_100ms']:>11}"
-            f"{row['peak_attempts_per_100ms']:>12}{row['all_back_s']:>11.2f}"
-            f"{row['resume_p50_s']:>7.2f}{row['resume_p99_s']:>7.2f}{row['resume_max_s']:>7.2f}"
-            f"{row['failed_attempts']:>8}{row['lost']:>6}{row['duplicated']:>5}{row['resets']:>8}"
+            f"{row['peak_attempts_per_100ms']:>12}{_secs(row['all_back_s'], bound):>11}"
+            f"{_secs(row['resume_p50_s'], bound):>7}{_secs(row['resume_p99_s'], bound):>7}"
+            f"{_secs(row['resume_max_s'], bound):>7}{row['failed_attempts']:>8}"
+            f"{row['wasted_handshakes']:>7}{row['lost']:>6}{row['duplicated']:>5}"
+            f"{row['resets']:>8}"
         )
     drain = next(r for r in report["cases"] if r["case"] == "drain")
     earliest, latest = drain["retry_window"]
@@ -580,48 +699,131 @@ def _table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _dumps(report: dict[str, Any]) -> str:
+    """Indented JSON, with each list of numbers on one line."""
+
+    def one_line(match: re.Match[str]) -> str:
+        return "[" + ", ".join(item.strip() for item in match[1].split(",")) + "]"
+
+    text = json.dumps(report, indent=1)
+    return re.sub(r"\[\s*([-\d.eE+,\s]+?)\s*\]", one_line, text) + "\n"
+
+
+def write_rst(report: dict[str, Any], path: Path) -> None:
+    """The table as reStructuredText; the docs include it."""
+    bound = report["settings"]["storm_bound"]
+    n = report["settings"]["clients"]
+    lines = [
+        f".. list-table:: {n} clients cut at once (``{report['command']}``)",
+        "   :header-rows: 1",
+        "",
+        "   * - case",
+        "     - peak handshakes / 100 ms",
+        "     - peak tries / 100 ms",
+        "     - all back (s)",
+        "     - resumed p50 / p99 / max (s)",
+        "     - failed tries",
+        "     - wasted handshakes",
+        "     - SYNs dropped",
+        "     - lost / dup / reset",
+    ]
+    for row in report["cases"]:
+        times = " / ".join(
+            _secs(row[key], bound) for key in ("resume_p50_s", "resume_p99_s", "resume_max_s")
+        )
+        drops = row["listen_overflows"]
+        lines += [
+            f"   * - {row['case']}",
+            f"     - {row['peak_accepts_per_100ms']}",
+            f"     - {row['peak_attempts_per_100ms']}",
+            f"     - {_secs(row['all_back_s'], bound)}",
+            f"     - {times}",
+            f"     - {row['failed_attempts']}",
+            f"     - {row['wasted_handshakes']}",
+            f"     - {'?' if drops is None else drops}",
+            f"     - {row['lost']} / {row['duplicated']} / {row['resets']}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def _plot(report: dict[str, Any], path: Path) -> None:
+    """Per case, handshakes and tries per 100 ms; and the share of clients back over time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), sharey=False)
-    for row in report["cases"]:
+    settings = report["settings"]
+    cases = report["cases"]
+    n = settings["clients"]
+    fig = plt.figure(figsize=(13, 2.0 * len(cases) + 0.6))
+    grid = fig.add_gridspec(len(cases), 2, width_ratios=(1.6, 1))
+    last = max(len(row["accepts_per_100ms"]) for row in cases) * BUCKET
+    shared = None
+    for i, row in enumerate(cases):
+        axis = fig.add_subplot(grid[i, 0], sharex=shared)
+        shared = shared or axis
+        accepts, attempts = row["accepts_per_100ms"], row["attempts_per_100ms"]
+        axis.plot(
+            [k * BUCKET for k in range(len(attempts))],
+            attempts,
+            drawstyle="steps-post",
+            color="tab:orange",
+            linewidth=0.8,
+            label="tries the clients scheduled",
+        )
+        axis.plot(
+            [k * BUCKET for k in range(len(accepts))],
+            accepts,
+            drawstyle="steps-post",
+            color="tab:blue",
+            linewidth=0.9,
+            label="handshakes the server accepted",
+        )
+        if row["case"] == "drain":
+            earliest, latest = row["retry_window"]
+            axis.axhline(row["promised_per_100ms"], color="black", linestyle=":", linewidth=1)
+            title = f"drain: window {earliest:g}..{latest:g} s, {row['promised_per_100ms']:.0f}"
+            title += " per 100 ms promised (dotted)"
+        else:
+            axis.axvspan(0, settings["outage"], color="grey", alpha=0.15)
+            title = f"jitter {row['case']} (proxy down in grey)"
+        back = row["resumed_clients"]
+        title += f"; {back} of {n} back" + (
+            "" if row["all_back_s"] is None else f" in {row['all_back_s']:.1f} s"
+        )
+        axis.set_title(title, fontsize=9, loc="left")
+        axis.set_ylabel("per 100 ms", fontsize=8)
+        axis.set_yscale("symlog", linthresh=10)
+        axis.tick_params(labelsize=8)
+        axis.grid(alpha=0.3)
+        axis.set_xlim(0, last)
+        if i == 0:
+            axis.legend(fontsize=7, loc="upper right")
+        if i == len(cases) - 1:
+            axis.set_xlabel("seconds since the cut")
+    right = fig.add_subplot(grid[:, 1])
+    for row in cases:
+        times = sorted(row["since_cut"])
         style = "--" if row["case"] == "drain" else "-"
         label = "drain (retry window)" if row["case"] == "drain" else f"jitter {row['case']}"
-        for axis, key in ((left, "accepts_per_100ms"), (right, "attempts_per_100ms")):
-            series = row[key]
-            axis.plot(
-                [i * BUCKET for i in range(len(series))],
-                series,
-                style,
-                drawstyle="steps-post",
-                label=label,
-                linewidth=1.2,
-            )
-    drain = next(r for r in report["cases"] if r["case"] == "drain")
-    earliest, latest = drain["retry_window"]
-    left.hlines(
-        drain["promised_per_100ms"],
-        earliest,
-        latest,
-        colors="black",
-        linestyles=":",
-        label="drain: promised rate",
-    )
-    for axis in (left, right):
-        axis.axvspan(0, report["settings"]["outage"], color="grey", alpha=0.12, label="proxy down")
-    n = report["settings"]["clients"]
-    left.set_title(f"Handshakes the server accepted, {n} clients cut at once")
-    right.set_title("Connect attempts the clients scheduled (refused ones too)")
-    for axis in (left, right):
-        axis.set_xlabel("seconds since the cut")
-        axis.set_ylabel("per 100 ms")
-        axis.grid(alpha=0.3)
-    left.legend(fontsize=8)
+        right.plot(
+            [0.0, *times, last],
+            [0.0, *[(k + 1) / n for k in range(len(times))], len(times) / n],
+            style,
+            drawstyle="steps-post",
+            label=label,
+        )
+    right.set_xscale("symlog", linthresh=10)
+    right.set_xlim(0, last)
+    right.set_ylim(0, 1.02)
+    right.set_xlabel("seconds since the cut")
+    right.set_ylabel("share of clients resumed")
+    right.set_title(f"{n} clients cut at once: who is back when", fontsize=10)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -643,10 +845,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.clients is not None and args.clients < 1:
         parser.error(f"--clients must be at least 1; got {args.clients}")
     report = run(args.quick, args.clients)
-    (args.out / "reconnect_storm.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "reconnect_storm.json").write_text(_dumps(report))
     _plot(report, args.out / "reconnect_storm.png")
+    write_rst(report, args.out / "reconnect_storm.rst")
     print(_table(report))
-    print(f"wrote {args.out / 'reconnect_storm.json'} and {args.out / 'reconnect_storm.png'}")
+    print(f"wrote {args.out / 'reconnect_storm.json'}, .png and .rst")
     print(f"re-create with: {report['command']} --out {args.out}")
     return 0
 

@@ -24,6 +24,7 @@ def test_the_quick_reconnect_storm_loses_and_duplicates_nothing(tmp_path: Path) 
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "reconnect_storm.json").read_text())
     assert (tmp_path / "reconnect_storm.png").stat().st_size > 1000
+    assert "list-table" in (tmp_path / "reconnect_storm.rst").read_text()
     cases = {row["case"]: row for row in report["cases"]}
     assert list(cases) == ["none", "equal", "full", "decorrelated", "drain"]
     n = report["settings"]["clients"]
@@ -35,6 +36,7 @@ def test_the_quick_reconnect_storm_loses_and_duplicates_nothing(tmp_path: Path) 
         assert row["resumed_clients"] == n, name
         assert (row["lost"], row["duplicated"], row["out_of_order"]) == (0, 0, 0), name
         assert (row["unexpected"], row["incomplete_clients"]) == (0, 0), name
+        assert row["down_at_end_clients"] == 0, name
         assert (row["resets"], row["reset_clients"]) == (0, 0), name
         assert row["messages_published"] > 0
         assert row["delivered"] >= row["messages_published"]  # each room has several clients
