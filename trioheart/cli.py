@@ -128,13 +128,24 @@ def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 host=args.host, port=args.port, config=config, redis=args.redis, resume_key=key
             )
         )
-    except OSError as exc:
-        print(f"trioheart: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    except BrokerUnavailable as exc:
-        print(f"trioheart: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        # Nurseries wrap what they raise in exception groups; a single
+        # failure at start-up is what the user should read.
+        leaf = _single_leaf(exc)
+        if isinstance(leaf, OSError):
+            print(f"trioheart: cannot serve on {args.host}:{args.port}: {leaf}", file=sys.stderr)
+            return 1
+        if isinstance(leaf, BrokerUnavailable):
+            print(f"trioheart: {leaf}", file=sys.stderr)
+            return 1
+        raise
     return 0
+
+
+def _single_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 if __name__ == "__main__":  # pragma: no cover
