@@ -29,7 +29,7 @@ from trioheart.proxy import ResetPeer, open_proxy
 from trioheart.resume import LogLimits
 
 from ..conftest import LiveTasks
-from .conftest import StartServer, echo, idle
+from .conftest import StartServer, echo, idle, refused_port
 
 
 async def start_demo(nursery: trio.Nursery, **kwargs: object) -> trioheart.Server:
@@ -275,10 +275,7 @@ async def test_a_draining_server_sends_clients_back_within_its_window(
 async def test_send_while_reconnecting_raises_not_connected(
     clock: MockClock, nursery: trio.Nursery
 ) -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    for listener in listeners:
-        await listener.aclose()  # nothing listens: every connect is refused
+    port = await refused_port()
     async with open_resuming(f"ws://127.0.0.1:{port}/ws") as client:
         with pytest.raises(NotConnected):
             await client.send({"type": "chat", "text": "nobody hears"})
@@ -289,10 +286,7 @@ async def test_send_while_reconnecting_raises_not_connected(
 
 
 async def test_the_backoff_gives_up_after_max_attempts(clock: MockClock) -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    for listener in listeners:
-        await listener.aclose()
+    port = await refused_port()
     async with open_resuming(
         f"ws://127.0.0.1:{port}/ws", backoff=Backoff(base=0.1, cap=1.0, max_attempts=3)
     ) as client:

@@ -15,6 +15,7 @@ import trioheart
 from trioheart.cli import main as cli_main
 from trioheart.demo.app import run_demo
 
+from .conftest import refused_port
 from .wsclient import connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,10 +179,7 @@ async def test_a_demo_node_whose_redis_does_not_answer_says_so(clock: MockClock)
     from trioheart.broker import BrokerUnavailable
     from trioheart.demo.app import open_broker
 
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    for listener in listeners:
-        await listener.aclose()  # nothing listens there: every connect is refused
+    port = await refused_port()
     with pytest.RaisesGroup(
         pytest.RaisesExc(BrokerUnavailable, match="did not answer within 3.0 s"),
         flatten_subgroups=True,
