@@ -9,10 +9,7 @@ call is bounded by ``trio.fail_after`` inside the loop.
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
-import json
 import queue
-import re
 import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -21,52 +18,23 @@ from typing import Any, Final, TypeVar
 import trio
 
 import trioheart
-from benchmarks.cluster import _handle
 from trioheart.backoff import RetryWindow
+from trioheart.demo.app import SHUTDOWN_RETRY, ChatApp, open_broker
 from trioheart.proxy import Proxy, open_proxy
-from trioheart.resume import LogLimits, ResumeServer
 
 T = TypeVar("T")
 
 #: The longest any one call into the app's loop may take.
 CALL_TIMEOUT: Final = 20.0
-_STATIC: Final = re.compile(r"^[A-Za-z0-9_-]+\.(?:html|js)$")
-_TYPES: Final = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8"}
-
-
-class _App:
-    """The demo's pages and rooms, until the demo itself serves them.
-
-    TODO(issue 4): replace with trioheart.demo.app once main has the demo
-    on the broker.
-    """
-
-    def __init__(self) -> None:
-        self.broker = trioheart.EmbeddedBroker(
-            resume_server=ResumeServer(key=b"k" * 32), limits=LogLimits()
-        )
-        self.server: trioheart.Server | None = None
-
-    async def handle(self, conn: trioheart.Connection) -> None:
-        await _handle(self.broker, conn)
-
-    async def http(self, request: trioheart.HttpRequest) -> trioheart.HttpResponse | None:
-        name = {"/": "chat.html", "/health": "health.html"}.get(request.path)
-        if name is None and request.path.startswith("/static/"):
-            name = request.path.removeprefix("/static/")
-        if name is not None and _STATIC.match(name):
-            page = importlib.resources.files("trioheart.demo").joinpath("static", name)
-            if page.is_file():
-                kind = _TYPES[name.rsplit(".", 1)[1]]
-                return trioheart.HttpResponse(body=page.read_bytes(), content_type=kind)
-        if request.path == "/health.json" and self.server is not None:
-            body = json.dumps(self.server.health_snapshot()).encode()
-            return trioheart.HttpResponse(body=body, content_type="application/json")
-        return None
 
 
 class DemoThread:
-    """``with DemoThread(config=...) as demo:`` the demo listens on ``demo.port``."""
+    """``with DemoThread(config=...) as demo:`` the demo listens on ``demo.port``.
+
+    It is :func:`trioheart.demo.app.run_demo` without the signal handling
+    (which only works in the main thread): the same :class:`ChatApp` on the
+    embedded broker, the same pages, the same retry window on shutdown.
+    """
 
     def __init__(
         self,
@@ -78,7 +46,7 @@ class DemoThread:
     ) -> None:
         self._policies = policies
         self._config = config or trioheart.ConnectionConfig()
-        self._retry_window = retry_window
+        self._retry_window = retry_window or SHUTDOWN_RETRY
         self._with_proxy = proxy
         self._started: queue.Queue[BaseException | None] = queue.Queue()
         self._error: BaseException | None = None
@@ -86,7 +54,7 @@ class DemoThread:
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._stop: trio.Event | None = None
-        self.app: _App | None = None
+        self.app: ChatApp | None = None
         self.server: trioheart.Server | None = None
         #: The fault-injection proxy in front of the server, with ``proxy=True``.
         self.proxy: Proxy | None = None
@@ -162,8 +130,11 @@ class DemoThread:
 
         return self.run_sync(abort)
 
-    def shutdown(self, window: RetryWindow) -> None:
-        """Close the server as a restart would: every client told to come back within *window*."""
+    def shutdown(self, window: RetryWindow | None = None) -> None:
+        """Close the server as a restart would: clients are told to come back within *window*.
+
+        ``None`` means the server's own window (the demo's :data:`SHUTDOWN_RETRY`).
+        """
         assert self.server is not None
         self.run(lambda: self.server.aclose(drain_timeout=2.0, retry_window=window))  # type: ignore[union-attr]
 
@@ -179,8 +150,10 @@ class DemoThread:
     async def _serve(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
-        self.app = app = _App()
-        async with trio.open_nursery() as nursery:
+        metrics = trioheart.Metrics()
+        async with open_broker() as broker, trio.open_nursery() as nursery:
+            self.app = app = ChatApp(metrics, broker)
+            metrics.track_broker(broker)
             self._nursery = nursery
             self.server = await nursery.start(
                 lambda task_status: trioheart.serve(
@@ -190,6 +163,7 @@ class DemoThread:
                     config=self._config,
                     http_handler=app.http,
                     websocket_paths=["/ws"],
+                    metrics=metrics,
                     retry_window=self._retry_window,
                     policies=self._policies,
                     task_status=task_status,

@@ -7,13 +7,12 @@ timeout (``TIMEOUT_MS``) or by ``trio.fail_after`` inside the app's loop.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-import trioheart
+from trioheart.demo.app import SHUTDOWN_RETRY
 
 from .conftest import NewPage
 from .demo_thread import DemoThread
@@ -23,33 +22,37 @@ if TYPE_CHECKING:
 
 
 class Talker:
-    """Another chat client (Python, trio-websocket) that says *count* lines, one per *every* s."""
+    """trioheart's own Python client, saying *count* lines, one every *every* seconds."""
 
     def __init__(self, port: int, room: str, name: str) -> None:
         self.url = f"ws://127.0.0.1:{port}/ws?room={room}&name={name}"
-        self.sent = 0
         self.received: list[int] = []
         self.done = trio.Event()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def wait_seen(self, seq: int) -> None:
+        """Wait until the line *seq* came back to this client (bound it)."""
+        while not (self.received and self.received[-1] >= seq):
+            await self._lot.park()
 
     async def run(self, count: int, every: float) -> None:
-        from trio_websocket import open_websocket_url
+        from trioheart.client import Message, open_resuming
 
-        async with open_websocket_url(self.url) as ws, trio.open_nursery() as nursery:
-            assert json.loads(await ws.get_message())["type"] == "hello"
+        async with open_resuming(self.url) as client, trio.open_nursery() as nursery:
 
             async def read() -> None:
-                while True:
-                    message = json.loads(await ws.get_message())
-                    if message.get("type") == "chat":
-                        self.received.append(message["seq"])
+                async for event in client:
+                    if isinstance(event, Message) and event.seq is not None:
+                        self.received.append(event.seq)
+                        self._lot.unpark_all()
 
             nursery.start_soon(read)
+            await client.wait_connected()
             for i in range(count):
-                await ws.send_message(json.dumps({"type": "chat", "text": f"bot line {i}"}))
-                self.sent += 1
-                await trio.sleep(every)
+                await client.send({"type": "chat", "text": f"bot line {i}"})
+                await trio.sleep(every)  # the pace of the conversation
             self.done.set()
-            nursery.cancel_scope.cancel()
+            await trio.sleep_forever()  # keep listening until the demo stops
 
 
 def open_chat(page: Page, port: int, room: str, name: str, **query: object) -> None:
@@ -100,6 +103,9 @@ def test_page_resumes_after_a_server_side_cut_with_every_line_once(
 
         shown = seqs(page)
         assert shown == list(range(1, total + 1)), "a line was lost, duplicated or out of order"
+        # The Python client, never cut, saw the same lines from where it joined.
+        demo.run(talker.wait_seen, total)
+        assert talker.received == list(range(talker.received[0], total + 1))
         history = states(page)
         assert history[:1] == ["connecting"]
         assert "connected" in history
@@ -175,19 +181,19 @@ def test_a_silent_server_is_declared_dead_after_interval_plus_timeout(new_page: 
 def test_a_draining_server_is_rejoined_within_its_retry_window(
     new_page: NewPage, artifacts: Path
 ) -> None:
-    """``server_shutdown; retry=5.0..9.0``: the page comes back between 5 and 9 s, not before."""
-    window = trioheart.backoff.RetryWindow(earliest=5.0, latest=9.0)
+    """The demo's ``server_shutdown; retry=0.5..5.0``: the page comes back within it, not before."""
+    window = SHUTDOWN_RETRY
     with DemoThread() as demo:
         page = new_page(clock=True)
         open_chat(page, demo.port, "drain", "drainee")
         page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 0.1)
-        demo.shutdown(window)
+        demo.shutdown()  # with the demo's own retry window
         page.wait_for_function("() => trioheart.status.state === 'reconnecting'", polling=20)
         status = stats(page)["status"]
         assert status["code"] == 1001
         assert status["reason"] == window.close_text()
         assert window.earliest <= status["delay"] <= window.latest
-        assert status["window"] == {"earliest": 5.0, "latest": 9.0}
+        assert status["window"] == {"earliest": window.earliest, "latest": window.latest}
         assert page.inner_text("#state") == f"reconnecting in {int(-(-status['delay'] // 1))} s"
         page.screenshot(path=str(artifacts / "chat-draining.png"))
         page.clock.run_for(int(window.earliest * 1000) - 50)
