@@ -28,7 +28,7 @@ CONFIG = ConnectionConfig(
 )
 
 
-STALL_THRESHOLD = 0.25  # high, so that no stall of a loaded test machine counts
+STALL_THRESHOLD = 0.25  # high, so that a loaded test machine rarely adds a stall
 STALL = 0.35
 
 
@@ -118,7 +118,8 @@ async def test_counters_move_by_exactly_what_happened(
     await stream.send_all(b"GET /ws HTTP/1.1\r\n")
     assert await stream.receive_some(10) == b""
     await server.wait_until(lambda s: s.connections_open == 3)
-    # The server itself stalls once.
+    # The server itself stalls (once on purpose; a loaded machine may add one,
+    # which the monitor then saw too).
     await trio.lowlevel.checkpoint()
     hold_the_loop(STALL)
     await trio.lowlevel.checkpoint()
@@ -129,9 +130,12 @@ async def test_counters_move_by_exactly_what_happened(
         return after.get(name, 0.0) - before.get(name, 0.0)
 
     assert after["trioheart_connections_open"] == 3
+    assert server.stalls is not None
+    stalls = server.stalls.statistics()
+    assert stalls.max >= STALL
     # Every counter of the exposition, by exactly what happened; any other
-    # counter that moved (a resume, an unsupported socket option, a second
-    # stall...) fails this.
+    # counter that moved (a resume, an unsupported socket option, a stall
+    # the monitor did not report...) fails this.
     moved_counters = {
         name: moved(name) for name in before.counters | after.counters if moved(name) != 0
     }
@@ -148,8 +152,8 @@ async def test_counters_move_by_exactly_what_happened(
         'trioheart_connections_closed_total{reason="handshake_timeout"}': 1,
         # Lifetimes are observed for connections that opened, not failed handshakes.
         "trioheart_connection_lifetime_seconds_count": 3,
-        "trioheart_loop_stalls_total": 1,
-        "trioheart_loop_stall_seconds_count": 1,
+        "trioheart_loop_stalls_total": stalls.count,
+        "trioheart_loop_stall_seconds_count": stalls.count,
         # Every accepted socket is tuned before anything is read: 7 clients,
         # and the two scrapes after the first one.
         'trioheart_sockets_tuned_total{keepalive="on"}': 7 + 2,
@@ -160,8 +164,7 @@ async def test_counters_move_by_exactly_what_happened(
     } <= after.counters
     # The silent one lived 15 s (ping at t=10, window 5 s); the other two ~0.
     assert moved("trioheart_connection_lifetime_seconds_sum") == pytest.approx(15, abs=1)
-    assert server.stalls is not None
-    assert moved("trioheart_loop_stall_seconds_sum") == server.stalls.statistics().total
-    assert STALL <= server.stalls.statistics().total < STALL + 1
+    assert moved("trioheart_loop_stall_seconds_sum") == stalls.total
+    assert STALL <= stalls.max < STALL + 1
     assert after["trioheart_connection_health_gcount"] == 3
     assert after['trioheart_heartbeat_interval_seconds_bucket{le="10.0"}'] == 3
