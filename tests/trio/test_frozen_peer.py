@@ -54,10 +54,13 @@ async def test_sigstopped_client_is_closed_as_pong_timeout_within_the_bound(
         os.kill(process.pid, signal.SIGCONT)
         process.kill()
         await process.wait()
+    stats = conn.liveness()
     measured(
         f"SIGSTOPped client closed as {reason.value} {elapsed:.3f} s after the freeze "
         f"(bound: interval {PING_INTERVAL} + ping timeout {PING_TIMEOUT} + slack {SLACK} = "
-        f"{PING_INTERVAL + PING_TIMEOUT + SLACK} s)"
+        f"{PING_INTERVAL + PING_TIMEOUT + SLACK} s; window {stats.window:.3f} s, late polls "
+        f"taken as local stalls {stats.late_polls}, stall extension "
+        f"{stats.stall_extension_total:.3f} s)"
     )
     assert reason is CloseReason.PONG_TIMEOUT
     # Not before the pong window of the first ping the frozen client missed...
