@@ -346,7 +346,8 @@ async def test_a_bug_in_trioheart_is_one_internal_error_for_that_connection_only
                 await victim.run_until_closed()
                 await server.wait_until(lambda s: s.closed == {"internal_error": 1})
             await other.send("still here")
-            assert await other.receive() == "still here"
+            with trio.fail_after(10):
+                assert await other.receive() == "still here"
             await trio.testing.wait_all_tasks_blocked()
             # The victim's tasks are gone; the other connection's reader runs on.
             [survivor] = server.connections

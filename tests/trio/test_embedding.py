@@ -52,7 +52,8 @@ async def test_serve_listeners_the_caller_made_and_liveness_of_a_connection(
     assert server.port == port
     async with connect(port) as client:
         await client.send("hi")
-        assert await client.receive() == "hi"
+        with trio.fail_after(10):
+            assert await client.receive() == "hi"
         with trio.move_on_after(21):  # pings at t=5, 10, 15, 20, each answered
             while await client.pump():
                 pass
@@ -68,7 +69,8 @@ async def test_serve_listeners_the_caller_made_and_liveness_of_a_connection(
         assert conn.close_reason is None
         assert conn.close_code is None
         await client.close_cleanly(1000)
-        await client.run_until_closed()
+        with trio.fail_after(10):
+            await client.run_until_closed()
     with trio.fail_after(10):
         assert await conn.wait_closed() is CloseReason.PEER_CLOSED
     assert conn.close_code == 1000
