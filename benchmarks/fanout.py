@@ -111,7 +111,7 @@ def _check(clients: list[ChatClient], expected: int) -> tuple[int, int]:
     for client in clients:
         texts = [text for _, _, text in client.delivered]
         lost += max(0, expected - len(set(texts)))
-        duplicated += len(texts) - len(set(texts)) + client.protocol.statistics().duplicates
+        duplicated += len(texts) - len(set(texts)) + client.statistics().duplicates
         if texts != reference:
             lost += sum(1 for a, b in zip(texts, reference, strict=False) if a != b)
     return lost, duplicated

@@ -74,8 +74,8 @@ async def test_three_nodes_one_order_and_no_loss_when_a_node_dies(
     for client in clients:
         assert client.delivered == reference, f"{client.name} saw another history"
         assert client.resyncs == []
-        assert client.gaps == 0
-        assert client.protocol.statistics().duplicates == 0
+        assert client.statistics().gaps == 0
+        assert client.statistics().duplicates == 0
     for client in moved:
         assert client.resumed == 1
         assert client.connections == 2
@@ -130,5 +130,5 @@ async def test_redis_restarted_mid_chat_keeps_connections_then_resets(
         assert len(before) == 8
         after = [(e, s, t) for e, s, t in client.delivered if t.startswith("after")]
         assert after == [x for x in clients[0].delivered if x[2].startswith("after")]
-        assert client.protocol.statistics().duplicates == 0
-        assert client.gaps == 0
+        assert client.statistics().duplicates == 0
+        assert client.statistics().gaps == 0

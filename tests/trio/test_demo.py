@@ -15,6 +15,7 @@ import trioheart
 from trioheart.cli import main as cli_main
 from trioheart.demo.app import run_demo
 
+from .conftest import refused_port
 from .wsclient import connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +55,7 @@ async def test_everyone_in_the_room_gets_each_message_with_increasing_seq(
         connect(server.port, "/ws?room=other&name=eve") as eve,
     ):
         for client in (ann, bob, eve):
-            assert json.loads(await client.receive())["type"] == "welcome"
+            assert json.loads(await client.receive())["type"] == "hello"
         for i in range(5):
             sender = ann if i % 2 == 0 else bob
             await sender.send(json.dumps({"type": "chat", "text": f"m{i}"}))
@@ -85,7 +86,7 @@ async def test_bad_messages_get_an_error_frame_and_the_connection_stays(
 ) -> None:
     server = await start_demo(nursery)
     async with connect(server.port, "/ws?room=r&name=x") as client:
-        await client.receive()  # welcome
+        await client.receive()  # hello
         await client.send(message)
         reply = json.loads(await client.receive())
         assert reply["type"] == "error"
@@ -172,3 +173,45 @@ async def test_demo_process_prints_urls_logs_json_and_stops_on_ctrl_c() -> None:
     assert events[0] == "server.started"
     assert "demo.started" in events
     assert events[-1] == "server.stopped"
+
+
+async def test_a_demo_node_whose_redis_does_not_answer_says_so(clock: MockClock) -> None:
+    from trioheart.broker import BrokerUnavailable
+    from trioheart.demo.app import open_broker
+
+    port = await refused_port()
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(BrokerUnavailable, match="did not answer within 3.0 s"),
+        flatten_subgroups=True,
+    ):
+        async with open_broker(redis=f"redis://127.0.0.1:{port}/0", wait_up=3.0):
+            pass  # pragma: no cover
+
+
+async def test_health_page_its_data_and_static_files_are_served(
+    clock: MockClock, nursery: trio.Nursery
+) -> None:
+    server = await start_demo(nursery)
+    page = await http_get(server.port, "/health")
+    assert page.startswith(b"HTTP/1.1 200")
+    assert b"text/html" in page.split(b"\r\n\r\n", 1)[0]
+    async with connect(server.port, "/ws?room=h&name=ann") as client:
+        await client.receive()  # hello
+        raw = await http_get(server.port, "/health.json")
+        head, body = raw.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200")
+        snapshot = json.loads(body)
+        assert snapshot["open"] == 1
+        assert snapshot["broker"]["kind"] == "embedded"
+        (row,) = snapshot["connections"]
+        assert row["path"] == "/ws"
+        assert {"rtt_p50_s", "window_s", "interval_s", "health", "policy"} <= row.keys()
+        await client.close_cleanly()
+        await client.run_until_closed()
+    await server.wait_until(lambda s: s.connections_open == 0)
+    snapshot = json.loads((await http_get(server.port, "/health.json")).split(b"\r\n\r\n", 1)[1])
+    assert snapshot["open"] == 0
+    assert [close["reason"] for close in snapshot["recent_closes"]] == ["peer_closed"]
+    assert (await http_get(server.port, "/static/health.html")).startswith(b"HTTP/1.1 200")
+    for path in ("/static/../app.py", "/static/nope.js", "/static/app.py"):
+        assert (await http_get(server.port, path)).startswith(b"HTTP/1.1 404"), path
