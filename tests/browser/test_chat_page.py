@@ -123,12 +123,30 @@ def test_page_resumes_after_a_server_side_cut_with_every_line_once(
         assert page.js_errors == []  # type: ignore[attr-defined]
 
 
+def pause_now(page: Any) -> None:
+    """Pause the page's fake clock at about its present time.
+
+    ``pause_at`` must be in the page's future, and the page's clock runs
+    while the call travels; on a loaded machine 0.1 s ahead can already be
+    past, so read the time again and retry (bounded).
+    """
+    for _ in range(5):
+        try:
+            page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 0.2)
+        except Exception as exc:  # playwright's Error
+            if "to the past" not in str(exc):
+                raise
+            continue
+        return
+    raise AssertionError("could not pause the page's clock in 5 tries")
+
+
 def test_a_frozen_tab_probes_the_server_before_it_convicts_it(new_page: NewPage) -> None:
     """A laptop lid closed for a minute: the late timer probes, the server answers, no reconnect."""
     with DemoThread() as demo:
         page = new_page(clock=True)
         open_chat(page, demo.port, "frozen", "sleeper", ping_interval=2, ping_timeout=1)
-        page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 0.1)
+        pause_now(page)
         # Playwright's fast_forward is the lid closed and opened: time jumps
         # 60 s and each due timer fires once, late. The heartbeat timer was
         # due at 2 s, so a naive client would convict the server now.
@@ -156,7 +174,7 @@ def test_a_silent_server_is_declared_dead_after_interval_plus_timeout(new_page: 
         page = new_page(clock=True)
         page.add_init_script("Math.random = () => 0.8;")  # the reconnect waits 0.4 s
         open_chat(page, demo.page_port, "silent", "pager", ping_interval=2, ping_timeout=1)
-        page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 0.1)
+        pause_now(page)
         demo.run_sync(lambda: demo.proxy.add_toxic(Blackhole(), stream=Stream.BOTH))  # type: ignore[union-attr]
         # Time from the last thing heard: past the ping (2 s), short of the deadline (3 s).
         since_heard = page.evaluate("() => Date.now() / 1000 - trioheart.liveness.lastHeard")
@@ -186,7 +204,7 @@ def test_a_draining_server_is_rejoined_within_its_retry_window(
     with DemoThread() as demo:
         page = new_page(clock=True)
         open_chat(page, demo.port, "drain", "drainee")
-        page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 0.1)
+        pause_now(page)
         demo.shutdown()  # with the demo's own retry window
         page.wait_for_function("() => trioheart.status.state === 'reconnecting'", polling=20)
         status = stats(page)["status"]
