@@ -215,3 +215,37 @@ async def test_health_page_its_data_and_static_files_are_served(
     assert (await http_get(server.port, "/static/health.html")).startswith(b"HTTP/1.1 200")
     for path in ("/static/../app.py", "/static/nope.js", "/static/app.py"):
         assert (await http_get(server.port, path)).startswith(b"HTTP/1.1 404"), path
+
+
+async def test_the_demo_runs_each_cohort_under_its_policy_file(
+    clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        "revision = 1\n[default]\nping_interval = 20.0\n"
+        '[rules.mobile]\nmatch = { group = "mobile" }\n'
+        "ping_interval = 5.0\nmin_interval = 5.0\nmax_interval = 5.0\n"
+    )
+    server: trioheart.Server = await nursery.start(
+        lambda task_status: run_demo(
+            host="127.0.0.1",
+            port=0,
+            config=trioheart.ConnectionConfig(),
+            policy_file=str(policy),
+            announce=False,
+            task_status=task_status,
+        )
+    )
+    async with (
+        connect(server.port, "/ws?room=p&name=m&group=mobile") as mobile,
+        connect(server.port, "/ws?room=p&name=d&group=desktop") as desktop,
+    ):
+        await mobile.receive()
+        await desktop.receive()
+        by_name = {conn.query["name"]: conn for conn in server.connections}
+        assert by_name["m"].policy is not None
+        assert by_name["m"].policy.rule == "mobile"
+        assert by_name["m"].liveness().interval == 5.0
+        assert by_name["d"].policy is not None
+        assert by_name["d"].policy.rule == "default"
+        assert by_name["d"].liveness().interval == 20.0
