@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
+import tracemalloc
 
 import attrs
 import pytest
@@ -286,6 +288,29 @@ def test_state_per_connection_is_small() -> None:
     rtts: SlidingQuantiles = det._rtts  # the only container
     size += sys.getsizeof(rtts._ring) + sys.getsizeof(rtts._sorted)
     assert size <= 8 * 1024, size
+
+
+def test_state_per_connection_is_small_counting_every_allocation() -> None:
+    # getsizeof above leaves out the float objects the containers point to;
+    # tracemalloc counts every byte each detector keeps alive, its own
+    # config included, after far more pongs than the estimator keeps.
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        detectors = []
+        for _ in range(10):
+            det = LivenessDetector(attrs.evolve(ADAPTIVE, rtt_samples=64), now=0.0)
+            for i in range(100):  # plain calls: no test helper allocates meanwhile
+                at = det.wake_at()
+                det.poll(at)
+                det.on_pong(at + 0.01 + (i % 17) / 97, det.on_ping_sent(at))
+            detectors.append(det)
+        per_detector = (tracemalloc.get_traced_memory()[0] - before) / len(detectors)
+    finally:
+        tracemalloc.stop()
+    assert len(detectors[0]._rtts) == 64  # the estimator is full: its bound holds
+    assert per_detector <= 8 * 1024, per_detector
 
 
 # -- properties ------------------------------------------------------------
