@@ -291,9 +291,10 @@ def test_state_per_connection_is_small() -> None:
 
 
 def test_state_per_connection_is_small_counting_every_allocation() -> None:
-    # getsizeof above leaves out the float objects the containers point to;
-    # tracemalloc counts every byte each detector keeps alive, its own
-    # config included, after far more pongs than the estimator keeps.
+    # getsizeof above counts only the slots it is told about (and not the
+    # config); tracemalloc counts every byte each detector keeps alive,
+    # whatever a later change adds, its own config included, after more
+    # pongs than the estimator keeps.
     gc.collect()
     tracemalloc.start()
     try:
