@@ -166,8 +166,11 @@ async def test_file_changes_are_seen_within_the_poll_interval(
         assert stats.last_rejected == (
             "rule 'mobile-eu': ping_interval must be a positive, finite number of seconds; got nan",
         )
-        assert [log["event"] for log in logs] == ["policy.rejected"]
-        assert logs[0]["source"] == f"file:{path}"
+        # Only the store's events: on a busy machine the fleet's stall
+        # monitor may also log loop.stalled meanwhile, which is not ours.
+        policy_logs = [log for log in logs if log["event"].startswith("policy.")]
+        assert [log["event"] for log in policy_logs] == ["policy.rejected"]
+        assert policy_logs[0]["source"] == f"file:{path}"
         _write(path, "revision = 3\n[default\n")  # not TOML at all
         with trio.fail_after(poll + 0.001):
             await store.wait_statistics(lambda s: s.rejected >= 2)
