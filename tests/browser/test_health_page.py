@@ -106,6 +106,9 @@ def test_health_page_shows_connections_closes_and_live_charts(
         assert page.inner_text("#open") == "3"
         assert page.inner_text("#closed") == "3"
         assert re.fullmatch(r"\d+", page.inner_text("#stalls"))
+        assert page.inner_text("#brokerkind") == "embedded"
+        assert page.inner_text("#broker") == "up"
+        assert re.fullmatch(r"\d+ rooms, 0 outages, 0 waiting", page.inner_text("#brokerinfo"))
         legend = page.inner_text("#legend")
         assert all(reason in legend for reason in reasons)
         assert "loop stalls" in legend
