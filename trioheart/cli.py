@@ -168,7 +168,7 @@ def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if isinstance(leaf, OSError):
             print(f"trioheart: cannot serve on {args.host}:{args.port}: {leaf}", file=sys.stderr)
             return 1
-        if isinstance(leaf, BrokerUnavailable):
+        if isinstance(leaf, BrokerUnavailable | ConfigError):
             print(f"trioheart: {leaf}", file=sys.stderr)
             return 1
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import trio
@@ -346,3 +347,39 @@ async def test_events_not_taken_do_not_grow_memory_and_lose_nothing(
         assert stats.connections >= 2
         assert stats.resumes == stats.connections - 1
         assert stats.duplicates == 0
+
+
+async def test_a_cohort_s_policy_bounds_what_it_may_be_replayed(
+    clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A policy's resume_* keys narrow one cohort's replay: beyond them, reset."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'revision = 1\n[rules.mobile]\nmatch = { group = "mobile" }\nresume_max_messages = 2\n'
+    )
+    server = await start_demo(nursery, policy_file=str(policy))
+    backoff = Backoff(base=0.2, cap=1.0)
+    async with open_proxy(upstream=("127.0.0.1", server.port)) as proxy:
+        away = f"ws://127.0.0.1:{proxy.listen_address[1]}/ws?room=cohort"
+        async with (
+            open_resuming(f"ws://127.0.0.1:{server.port}/ws?room=cohort&name=ann") as ann,
+            open_resuming(f"{away}&name=mo&group=mobile", backoff=backoff) as mobile,
+            open_resuming(f"{away}&name=de&group=desktop", backoff=backoff) as desktop,
+        ):
+            for client in (ann, mobile, desktop):
+                await next_event(client, Connected)
+            proxy.set_enabled(False)
+            await next_event(mobile, Disconnected)
+            await next_event(desktop, Disconnected)
+            for i in range(5):
+                await ann.send({"type": "chat", "text": f"m{i}"})
+            await chat_texts(ann, 5)
+            proxy.set_enabled(True)
+            reset = await next_event(mobile, Reset)
+            assert isinstance(reset, Reset)
+            assert reset.reason.value == "trimmed"
+            resumed = await next_event(desktop, Connected)
+            assert isinstance(resumed, Connected)
+            assert resumed.resumed
+            assert resumed.replayed == 5
+            assert await chat_texts(desktop, 5) == [f"m{i}" for i in range(5)]

@@ -249,3 +249,20 @@ async def test_the_demo_runs_each_cohort_under_its_policy_file(
         assert by_name["d"].policy is not None
         assert by_name["d"].policy.rule == "default"
         assert by_name["d"].liveness().interval == 20.0
+
+
+async def test_the_demo_refuses_to_start_on_a_bad_policy_file(
+    clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text("revision = 1\n[default]\nping_interval = -1\n")
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(trioheart.ConfigError, match="ping_interval"), flatten_subgroups=True
+    ):
+        await run_demo(
+            host="127.0.0.1",
+            port=0,
+            config=trioheart.ConnectionConfig(),
+            policy_file=str(policy),
+            announce=False,
+        )

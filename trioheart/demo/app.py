@@ -223,6 +223,7 @@ async def run_demo(
 
     Raises:
       BrokerUnavailable: if *redis* does not answer at start.
+      ConfigError: if *policy_file* is not a valid policy file at start.
     """
     import signal
     import sys
@@ -289,6 +290,9 @@ async def _start_policies(
     store = trioheart.PolicyStore()
     if policy_file is not None:
         await nursery.start(trioheart.TomlFileSource(policy_file, store).run)
+        if store.statistics().revision == 0:  # the file was read and rejected
+            problems = "; ".join(store.statistics().last_rejected)
+            raise trioheart.ConfigError(f"--policy {policy_file}: {problems}")
     if etcd is not None:
         await nursery.start(trioheart.EtcdSource(store, endpoint=etcd, prefix=prefix).run)
     return store
