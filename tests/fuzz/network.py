@@ -271,7 +271,8 @@ class Healthy:
 
     async def pinger(self, interval: float) -> None:
         for ping_id in itertools.count(1):
-            if self.closed_by_server is not None:
+            # Stop once either side began closing: wsproto sends nothing after a close frame.
+            if self.closed_by_server is not None or self.ws.state is not ConnectionState.OPEN:
                 return
             self.sent[ping_id] = trio.current_time()
             try:
