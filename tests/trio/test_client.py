@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import trio
@@ -29,7 +30,7 @@ from trioheart.proxy import ResetPeer, open_proxy
 from trioheart.resume import LogLimits
 
 from ..conftest import LiveTasks
-from .conftest import StartServer, echo, idle
+from .conftest import StartServer, echo, idle, refused_port
 
 
 async def start_demo(nursery: trio.Nursery, **kwargs: object) -> trioheart.Server:
@@ -275,10 +276,7 @@ async def test_a_draining_server_sends_clients_back_within_its_window(
 async def test_send_while_reconnecting_raises_not_connected(
     clock: MockClock, nursery: trio.Nursery
 ) -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    for listener in listeners:
-        await listener.aclose()  # nothing listens: every connect is refused
+    port = await refused_port()
     async with open_resuming(f"ws://127.0.0.1:{port}/ws") as client:
         with pytest.raises(NotConnected):
             await client.send({"type": "chat", "text": "nobody hears"})
@@ -289,10 +287,7 @@ async def test_send_while_reconnecting_raises_not_connected(
 
 
 async def test_the_backoff_gives_up_after_max_attempts(clock: MockClock) -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    for listener in listeners:
-        await listener.aclose()
+    port = await refused_port()
     async with open_resuming(
         f"ws://127.0.0.1:{port}/ws", backoff=Backoff(base=0.1, cap=1.0, max_attempts=3)
     ) as client:
@@ -391,3 +386,39 @@ async def test_a_close_with_messages_still_queued_is_retried_without_waiting_out
                     break
         assert texts == [f"m{i}" for i in range(5)]  # nothing queued was dropped
         assert trio.current_time() - closed_at < 1.0  # not close_timeout (5 s)
+
+
+async def test_a_cohort_s_policy_bounds_what_it_may_be_replayed(
+    clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A policy's resume_* keys narrow one cohort's replay: beyond them, reset."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'revision = 1\n[rules.mobile]\nmatch = { group = "mobile" }\nresume_max_messages = 2\n'
+    )
+    server = await start_demo(nursery, policy_file=str(policy))
+    backoff = Backoff(base=0.2, cap=1.0)
+    async with open_proxy(upstream=("127.0.0.1", server.port)) as proxy:
+        away = f"ws://127.0.0.1:{proxy.listen_address[1]}/ws?room=cohort"
+        async with (
+            open_resuming(f"ws://127.0.0.1:{server.port}/ws?room=cohort&name=ann") as ann,
+            open_resuming(f"{away}&name=mo&group=mobile", backoff=backoff) as mobile,
+            open_resuming(f"{away}&name=de&group=desktop", backoff=backoff) as desktop,
+        ):
+            for client in (ann, mobile, desktop):
+                await next_event(client, Connected)
+            proxy.set_enabled(False)
+            await next_event(mobile, Disconnected)
+            await next_event(desktop, Disconnected)
+            for i in range(5):
+                await ann.send({"type": "chat", "text": f"m{i}"})
+            await chat_texts(ann, 5)
+            proxy.set_enabled(True)
+            reset = await next_event(mobile, Reset)
+            assert isinstance(reset, Reset)
+            assert reset.reason.value == "trimmed"
+            resumed = await next_event(desktop, Connected)
+            assert isinstance(resumed, Connected)
+            assert resumed.resumed
+            assert resumed.replayed == 5
+            assert await chat_texts(desktop, 5) == [f"m{i}" for i in range(5)]
