@@ -422,3 +422,30 @@ async def test_a_cohort_s_policy_bounds_what_it_may_be_replayed(
             assert resumed.resumed
             assert resumed.replayed == 5
             assert await chat_texts(desktop, 5) == [f"m{i}" for i in range(5)]
+
+
+async def test_a_server_that_drops_syns_cannot_hold_a_connect_past_the_handshake_timeout(
+    clock: MockClock,
+) -> None:
+    """A full accept queue makes the kernel drop SYNs: the connect is bounded too."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted: the queue fills at once
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        # Fill the accept queue with connections nobody accepts.
+        for _ in range(4):
+            filler = trio.socket.socket()
+            fillers.append(filler)
+            with trio.move_on_after(1.0):
+                await filler.connect(("127.0.0.1", port))
+        config = ConnectionConfig(handshake_timeout=3.0)
+        start = trio.current_time()
+        with pytest.raises(trioheart.HandshakeError, match=r"within 3\.0 s"):
+            async with connect(f"ws://127.0.0.1:{port}/", config=config):
+                pass  # pragma: no cover
+        assert trio.current_time() - start == pytest.approx(3.0, abs=0.1)
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
