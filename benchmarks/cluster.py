@@ -17,6 +17,7 @@ import argparse
 import functools
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -264,18 +265,32 @@ class ChatClient:
             self.delivered.append((self.epoch, event.seq, str(event.data["text"])))
         self._changed.unpark_all()
 
-    async def run(self, urls: Sequence[str], *, start: int = 0, retry: float = 0.05) -> None:
+    async def run(
+        self,
+        urls: Sequence[str],
+        *,
+        start: int = 0,
+        retry: float = 0.05,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         """Connect to ``urls[start]``; on a lost connection try the next, resuming.
 
         Runs until cancelled. *urls* are the nodes' base URLs
-        (``ws://host:port``); each retry waits *retry* seconds.
+        (``ws://host:port``); each retry waits *retry* seconds, or what
+        *backoff* (with *rng*) draws when it is given.
         """
         ordered = [*urls[start:], *urls[:start]]
         query = f"/ws?room={self.room}&name={self.name}"
-        backoff = Backoff(base=retry, cap=retry, factor=1.0, jitter="none")
+        if backoff is None:
+            backoff = Backoff(base=retry, cap=retry, factor=1.0, jitter="none")
         config = trioheart.ConnectionConfig(max_queued_messages=1024, max_queued_bytes=4 << 20)
         async with open_resuming(
-            [url + query for url in ordered], backoff=backoff, config=config, max_events=4096
+            [url + query for url in ordered],
+            backoff=backoff,
+            config=config,
+            max_events=4096,
+            rng=rng,
         ) as client:
             self._client = client
             async for event in client:

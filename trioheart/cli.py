@@ -59,6 +59,25 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "Redis must share it (default: $TRIOHEART_RESUME_KEY, else random)",
     )
     demo.add_argument(
+        "--policy",
+        metavar="FILE",
+        default=None,
+        help="heartbeat policies per group, region and client version from this TOML "
+        "file, reloaded when it changes (see the policy file reference)",
+    )
+    demo.add_argument(
+        "--etcd",
+        metavar="URL",
+        default=None,
+        help="heartbeat policies from etcd at URL (http://host:2379), watched",
+    )
+    demo.add_argument(
+        "--etcd-prefix",
+        metavar="PREFIX",
+        default="/trioheart/policy/",
+        help="the etcd key prefix of the policies (/trioheart/policy/)",
+    )
+    demo.add_argument(
         "--log-format",
         choices=["json", "console", "auto"],
         default="auto",
@@ -121,20 +140,45 @@ def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parse_redis_url(args.redis)
         except ConfigError as exc:
             parser.error(f"--redis: {exc}")
+    if args.policy is not None and not os.path.isfile(args.policy):
+        parser.error(f"--policy: no such file: {args.policy!r}")
+    if args.etcd is not None:
+        try:
+            import httpx  # noqa: F401
+        except ImportError:
+            parser.error("--etcd needs the etcd extra: pip install 'trioheart[etcd]'")
     configure_logging(json={"json": True, "console": False, "auto": None}[args.log_format])
     try:
         trio.run(
             lambda: run_demo(
-                host=args.host, port=args.port, config=config, redis=args.redis, resume_key=key
+                host=args.host,
+                port=args.port,
+                config=config,
+                redis=args.redis,
+                resume_key=key,
+                policy_file=args.policy,
+                etcd=args.etcd,
+                etcd_prefix=args.etcd_prefix,
             )
         )
-    except OSError as exc:
-        print(f"trioheart: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    except BrokerUnavailable as exc:
-        print(f"trioheart: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        # Nurseries wrap what they raise in exception groups; a single
+        # failure at start-up is what the user should read.
+        leaf = _single_leaf(exc)
+        if isinstance(leaf, OSError):
+            print(f"trioheart: cannot serve on {args.host}:{args.port}: {leaf}", file=sys.stderr)
+            return 1
+        if isinstance(leaf, BrokerUnavailable | ConfigError):
+            print(f"trioheart: {leaf}", file=sys.stderr)
+            return 1
+        raise
     return 0
+
+
+def _single_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 if __name__ == "__main__":  # pragma: no cover

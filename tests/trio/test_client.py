@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import structlog
@@ -30,7 +31,7 @@ from trioheart.proxy import ResetPeer, open_proxy
 from trioheart.resume import LogLimits
 
 from ..conftest import LiveTasks
-from .conftest import StartServer, echo, idle
+from .conftest import StartServer, echo, idle, refused_port
 
 
 async def start_demo(nursery: trio.Nursery, **kwargs: object) -> trioheart.Server:
@@ -302,10 +303,7 @@ async def test_a_server_that_never_starts_the_session_is_left_within_the_handsha
 async def test_send_while_reconnecting_raises_not_connected(
     clock: MockClock, nursery: trio.Nursery
 ) -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    for listener in listeners:
-        await listener.aclose()  # nothing listens: every connect is refused
+    port = await refused_port()
     async with open_resuming(f"ws://127.0.0.1:{port}/ws") as client:
         with pytest.raises(NotConnected):
             await client.send({"type": "chat", "text": "nobody hears"})
@@ -316,10 +314,7 @@ async def test_send_while_reconnecting_raises_not_connected(
 
 
 async def test_the_backoff_gives_up_after_max_attempts(clock: MockClock) -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    for listener in listeners:
-        await listener.aclose()
+    port = await refused_port()
     async with open_resuming(
         f"ws://127.0.0.1:{port}/ws", backoff=Backoff(base=0.1, cap=1.0, max_attempts=3)
     ) as client:
@@ -379,3 +374,105 @@ async def test_events_not_taken_do_not_grow_memory_and_lose_nothing(
         assert stats.connections >= 2
         assert stats.resumes == stats.connections - 1
         assert stats.duplicates == 0
+
+
+async def test_a_close_with_messages_still_queued_is_retried_without_waiting_out_close_timeout(
+    clock: MockClock, nursery: trio.Nursery
+) -> None:
+    """Regression: the retry waited a whole close_timeout when messages were queued at the close.
+
+    The client waited for the close inside connect()'s block, whose handler
+    keeps the connection open for ``close_timeout`` while messages are
+    queued; so a client that lagged behind its server, as every client in
+    a reconnect storm does, started its backoff that much later.
+    """
+    server = await start_demo(nursery)
+    url = f"ws://127.0.0.1:{server.port}/ws?room=linger"
+    config = ConnectionConfig(close_timeout=5.0)
+    async with (
+        open_resuming(f"{url}&name=ann") as ann,
+        open_resuming(f"{url}&name=bob", config=config, max_events=1) as bob,
+    ):
+        await next_event(ann, Connected)
+        await bob.wait_connected()
+        for i in range(5):
+            await ann.send({"type": "chat", "text": f"m{i}"})
+        assert await chat_texts(ann, 5) == [f"m{i}" for i in range(5)]
+        # Bob takes no event yet: his one-event channel is full, so the five
+        # messages wait in his connection, and the server's close frame
+        # arrives behind them on the same stream.
+        (conn,) = [c for c in server.connections if c.query.get("name") == "bob"]
+        closed_at = trio.current_time()
+        conn.close(CloseReason.APP_CLOSED)
+        texts: list[str] = []
+        with trio.fail_after(WAIT):
+            async for event in bob:
+                if isinstance(event, Message) and isinstance(event.data, dict):
+                    texts.append(event.data["text"])
+                if isinstance(event, Disconnected):
+                    break
+        assert texts == [f"m{i}" for i in range(5)]  # nothing queued was dropped
+        assert trio.current_time() - closed_at < 1.0  # not close_timeout (5 s)
+
+
+async def test_a_cohort_s_policy_bounds_what_it_may_be_replayed(
+    clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A policy's resume_* keys narrow one cohort's replay: beyond them, reset."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'revision = 1\n[rules.mobile]\nmatch = { group = "mobile" }\nresume_max_messages = 2\n'
+    )
+    server = await start_demo(nursery, policy_file=str(policy))
+    backoff = Backoff(base=0.2, cap=1.0)
+    async with open_proxy(upstream=("127.0.0.1", server.port)) as proxy:
+        away = f"ws://127.0.0.1:{proxy.listen_address[1]}/ws?room=cohort"
+        async with (
+            open_resuming(f"ws://127.0.0.1:{server.port}/ws?room=cohort&name=ann") as ann,
+            open_resuming(f"{away}&name=mo&group=mobile", backoff=backoff) as mobile,
+            open_resuming(f"{away}&name=de&group=desktop", backoff=backoff) as desktop,
+        ):
+            for client in (ann, mobile, desktop):
+                await next_event(client, Connected)
+            proxy.set_enabled(False)
+            await next_event(mobile, Disconnected)
+            await next_event(desktop, Disconnected)
+            for i in range(5):
+                await ann.send({"type": "chat", "text": f"m{i}"})
+            await chat_texts(ann, 5)
+            proxy.set_enabled(True)
+            reset = await next_event(mobile, Reset)
+            assert isinstance(reset, Reset)
+            assert reset.reason.value == "trimmed"
+            resumed = await next_event(desktop, Connected)
+            assert isinstance(resumed, Connected)
+            assert resumed.resumed
+            assert resumed.replayed == 5
+            assert await chat_texts(desktop, 5) == [f"m{i}" for i in range(5)]
+
+
+async def test_a_server_that_drops_syns_cannot_hold_a_connect_past_the_handshake_timeout(
+    clock: MockClock,
+) -> None:
+    """A full accept queue makes the kernel drop SYNs: the connect is bounded too."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted: the queue fills at once
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        # Fill the accept queue with connections nobody accepts.
+        for _ in range(4):
+            filler = trio.socket.socket()
+            fillers.append(filler)
+            with trio.move_on_after(1.0):
+                await filler.connect(("127.0.0.1", port))
+        config = ConnectionConfig(handshake_timeout=3.0)
+        start = trio.current_time()
+        with pytest.raises(trioheart.HandshakeError, match=r"within 3\.0 s"):
+            async with connect(f"ws://127.0.0.1:{port}/", config=config):
+                pass  # pragma: no cover
+        assert trio.current_time() - start == pytest.approx(3.0, abs=0.1)
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()

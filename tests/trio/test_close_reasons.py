@@ -341,6 +341,41 @@ async def test_shutdown_closes_every_connection_with_1001(
     assert reasons == ["server_shutdown", "server_shutdown"]
 
 
+async def test_cancelling_the_server_closes_every_connection_with_1001(
+    clock: MockClock, nursery: trio.Nursery, logs: list[dict[str, Any]]
+) -> None:
+    """Regression: a cancelled server closed its connections as internal_error (1011).
+
+    The reader, cancelled first, took the missing reason for a bug; the
+    documented ``server_shutdown`` (with the retry window) never went out.
+    """
+    from trioheart.backoff import RetryWindow
+
+    window = RetryWindow(earliest=1.0, latest=3.0)
+    scope = trio.CancelScope()
+
+    async def run_server(task_status: trio.TaskStatus[trioheart.Server]) -> None:
+        with scope:
+            await trioheart.serve(
+                idle, "127.0.0.1", 0, config=FAST, retry_window=window, task_status=task_status
+            )
+
+    server: trioheart.Server = await nursery.start(run_server)
+    async with connect(server.port) as a, connect(server.port) as b:
+        with trio.fail_after(10):
+            await server.wait_until(lambda s: s.connections_open == 2)
+        scope.cancel()
+        close_a = await a.run_until_closed()
+        close_b = await b.run_until_closed()
+    assert close_a is not None
+    assert close_b is not None
+    assert (close_a.code, close_b.code) == (1001, 1001)
+    assert RetryWindow.from_close_text(close_a.reason or "") == window
+    reasons = [event["reason"] for event in closed_events(logs)]
+    assert reasons == ["server_shutdown", "server_shutdown"]
+    assert server.statistics().closed == {"server_shutdown": 2}
+
+
 async def test_shutdown_is_bounded_when_peers_never_answer(
     clock: MockClock, start_server: StartServer
 ) -> None:

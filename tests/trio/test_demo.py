@@ -16,6 +16,7 @@ import trioheart
 from trioheart.cli import main as cli_main
 from trioheart.demo.app import run_demo
 
+from .conftest import refused_port
 from .wsclient import connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,3 +213,96 @@ async def test_demo_process_prints_urls_logs_json_and_stops_on_ctrl_c() -> None:
     assert events[0] == "server.started"
     assert "demo.started" in events
     assert events[-1] == "server.stopped"
+
+
+async def test_a_demo_node_whose_redis_does_not_answer_says_so(clock: MockClock) -> None:
+    from trioheart.broker import BrokerUnavailable
+    from trioheart.demo.app import open_broker
+
+    port = await refused_port()
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(BrokerUnavailable, match="did not answer within 3.0 s"),
+        flatten_subgroups=True,
+    ):
+        async with open_broker(redis=f"redis://127.0.0.1:{port}/0", wait_up=3.0):
+            pass  # pragma: no cover
+
+
+async def test_health_page_its_data_and_static_files_are_served(
+    clock: MockClock, nursery: trio.Nursery
+) -> None:
+    server = await start_demo(nursery)
+    page = await http_get(server.port, "/health")
+    assert page.startswith(b"HTTP/1.1 200")
+    assert b"text/html" in page.split(b"\r\n\r\n", 1)[0]
+    async with connect(server.port, "/ws?room=h&name=ann") as client:
+        await client.receive()  # hello
+        raw = await http_get(server.port, "/health.json")
+        head, body = raw.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200")
+        snapshot = json.loads(body)
+        assert snapshot["open"] == 1
+        assert snapshot["broker"]["kind"] == "embedded"
+        (row,) = snapshot["connections"]
+        assert row["path"] == "/ws"
+        assert {"rtt_p50_s", "window_s", "interval_s", "health", "policy"} <= row.keys()
+        await client.close_cleanly()
+        await client.run_until_closed()
+    await server.wait_until(lambda s: s.connections_open == 0)
+    snapshot = json.loads((await http_get(server.port, "/health.json")).split(b"\r\n\r\n", 1)[1])
+    assert snapshot["open"] == 0
+    assert [close["reason"] for close in snapshot["recent_closes"]] == ["peer_closed"]
+    assert (await http_get(server.port, "/static/health.html")).startswith(b"HTTP/1.1 200")
+    for path in ("/static/../app.py", "/static/nope.js", "/static/app.py"):
+        assert (await http_get(server.port, path)).startswith(b"HTTP/1.1 404"), path
+
+
+async def test_the_demo_runs_each_cohort_under_its_policy_file(
+    clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        "revision = 1\n[default]\nping_interval = 20.0\n"
+        '[rules.mobile]\nmatch = { group = "mobile" }\n'
+        "ping_interval = 5.0\nmin_interval = 5.0\nmax_interval = 5.0\n"
+    )
+    server: trioheart.Server = await nursery.start(
+        lambda task_status: run_demo(
+            host="127.0.0.1",
+            port=0,
+            config=trioheart.ConnectionConfig(),
+            policy_file=str(policy),
+            announce=False,
+            task_status=task_status,
+        )
+    )
+    async with (
+        connect(server.port, "/ws?room=p&name=m&group=mobile") as mobile,
+        connect(server.port, "/ws?room=p&name=d&group=desktop") as desktop,
+    ):
+        await mobile.receive()
+        await desktop.receive()
+        by_name = {conn.query["name"]: conn for conn in server.connections}
+        assert by_name["m"].policy is not None
+        assert by_name["m"].policy.rule == "mobile"
+        assert by_name["m"].liveness().interval == 5.0
+        assert by_name["d"].policy is not None
+        assert by_name["d"].policy.rule == "default"
+        assert by_name["d"].liveness().interval == 20.0
+
+
+async def test_the_demo_refuses_to_start_on_a_bad_policy_file(
+    clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text("revision = 1\n[default]\nping_interval = -1\n")
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(trioheart.ConfigError, match="ping_interval"), flatten_subgroups=True
+    ):
+        await run_demo(
+            host="127.0.0.1",
+            port=0,
+            config=trioheart.ConnectionConfig(),
+            policy_file=str(policy),
+            announce=False,
+        )

@@ -239,7 +239,8 @@ async def connect(
 
     The socket gets ``config.keepalive`` before the handshake (read back in
     :attr:`Connection.keepalive <trioheart.Connection.keepalive>`), the
-    handshake is bounded by ``config.handshake_timeout``, and the connection
+    TCP connect and the handshake together are bounded by
+    ``config.handshake_timeout``, and the connection
     then runs its reader and heartbeat in a nursery of this context manager:
     it pings the server every interval and closes as ``pong_timeout`` when
     a pong (or anything else) does not come back within the window.
@@ -264,10 +265,16 @@ async def connect(
     """
     config = config if config is not None else ConnectionConfig()
     target = _parse_url(url)
-    stream = await trio.open_tcp_stream(target.host, target.port)
+    # One bound for the TCP connect and the HTTP upgrade together: a server
+    # that drops SYNs would otherwise hold a try for the kernel's ~2 minutes.
+    deadline = trio.current_time() + config.handshake_timeout
+    with trio.move_on_at(deadline) as connecting:
+        stream = await trio.open_tcp_stream(target.host, target.port)
+    if connecting.cancelled_caught:
+        raise HandshakeError(f"no TCP connection within {config.handshake_timeout} s")
     try:
         applied = apply_keepalive(stream.socket, config.keepalive)
-        with trio.move_on_after(config.handshake_timeout) as scope:
+        with trio.move_on_at(deadline) as scope:
             response_headers, trailing = await _handshake(stream, target, headers)
         if scope.cancelled_caught:
             raise HandshakeError(f"no answer to the handshake within {config.handshake_timeout} s")
@@ -630,8 +637,11 @@ class ResumingClient:
                 if request is not None:
                     await conn.send(request)
                 await self._deliver(conn)
+                # Leave the block to wait for the close: waiting inside it
+                # would keep connect()'s handler alive, and a connection that
+                # ended with messages still queued would then linger for its
+                # whole close_timeout before the retry could even start.
                 conn.close(CloseReason.APP_CLOSED)
-                await conn.wait_closed()
         except HandshakeRejected as exc:
             fatal = exc.status not in _RETRY_STATUSES
             return None, str(exc), None, exc, fatal

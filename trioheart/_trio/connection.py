@@ -581,6 +581,11 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reason, detail = _reason_for_transport_error(exc)
             self._begin_close(reason, detail=detail)
+        except trio.Cancelled:
+            # Cancelled from outside before any reason: the server is going
+            # away (or the client's application is leaving), as run() says.
+            self._begin_close(self._on_cancel)
+            raise
         finally:
             # Whatever ended the reading ends the connection: the handler and
             # any task it started in our nursery.

@@ -12,6 +12,7 @@ from ..log import get_logger
 from ..reasons import CloseReason
 from ..resume import (
     RESUME_QUERY_PARAM,
+    LogLimits,
     NewSession,
     ResumeAccepted,
     ResumeRefused,
@@ -39,6 +40,7 @@ async def join_room(
     identity: str = "",
     metrics: Metrics | None = None,
     resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
+    replay_limits: LogLimits | None = None,
 ) -> NewSession | ResumeAccepted | ResumeReset | None:
     """Make *conn* live in *room*: a fresh session, or the resume it asks for.
 
@@ -51,6 +53,13 @@ async def join_room(
     room message. A task in the connection's nursery sends a fresh token
     halfway through each token's lifetime, so a long-lived connection can
     always resume.
+
+    What a resuming connection may be replayed is bounded by
+    *replay_limits*, or by default by the ``resume_*`` keys of the heartbeat
+    policy it runs (:meth:`ResolvedPolicy.replay_limits
+    <trioheart.ResolvedPolicy.replay_limits>`, when the server has
+    policies): a gap beyond them is a ``reset``, as if the log had been
+    trimmed for this client.
 
     Each resume request is logged (``session.resumed``, ``session.reset``
     or ``session.refused``) and counted in ``trioheart_resumes_total`` and
@@ -72,8 +81,12 @@ async def join_room(
         with trio.move_on_after(resume_timeout):
             first = await conn.receive()
             request = first if isinstance(first, str) else ""
+    if replay_limits is None and conn.policy is not None:
+        replay_limits = conn.policy.policy.replay_limits()
     try:
-        outcome = await broker.join(room, conn, identity=identity, request=request)
+        outcome = await broker.join(
+            room, conn, identity=identity, request=request, replay_limits=replay_limits
+        )
     except BrokerUnavailable as exc:
         conn.close(CloseReason.BROKER_UNAVAILABLE, str(exc))
         return None

@@ -239,6 +239,9 @@ async def run_demo(
     redis: str | None = None,
     resume_key: bytes | None = None,
     limits: LogLimits | None = None,
+    policy_file: str | None = None,
+    etcd: str | None = None,
+    etcd_prefix: str = "/trioheart/policy/",
     announce: bool = True,
     task_status: trio.TaskStatus[trioheart.Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -255,11 +258,17 @@ async def run_demo(
       resume_key: The key that signs resume tokens; nodes on one Redis
         must share it. Random if ``None``.
       limits: Each room log's bounds.
+      policy_file: Heartbeat policies from this TOML file, reloaded when it
+        changes (:class:`~trioheart.TomlFileSource`).
+      etcd: Heartbeat policies from etcd at this URL, under *etcd_prefix*
+        (:class:`~trioheart.EtcdSource`), watched.
+      etcd_prefix: The etcd key prefix of the policies.
       announce: Print the URLs on standard error once listening.
       task_status: Receives the :class:`~trioheart.Server` once it listens.
 
     Raises:
       BrokerUnavailable: if *redis* does not answer at start.
+      ConfigError: if *policy_file* is not a valid policy file at start.
     """
     import signal
 
@@ -274,6 +283,7 @@ async def run_demo(
         ):
             app = ChatApp(metrics, broker)
             metrics.track_broker(broker)
+            policies = await _start_policies(nursery, policy_file, etcd, etcd_prefix)
             server: trioheart.Server = await nursery.start(
                 lambda task_status: trioheart.serve(
                     app.handle,
@@ -284,6 +294,7 @@ async def run_demo(
                     websocket_paths=["/ws"],
                     metrics=metrics,
                     retry_window=SHUTDOWN_RETRY,
+                    policies=policies,
                     task_status=task_status,
                 )
             )
@@ -312,3 +323,20 @@ async def run_demo(
                 await server.aclose()
                 break
             nursery.cancel_scope.cancel()
+
+
+async def _start_policies(
+    nursery: trio.Nursery, policy_file: str | None, etcd: str | None, prefix: str
+) -> trioheart.PolicyStore | None:
+    """A policy store fed by the file or etcd, started in *nursery*; ``None`` without either."""
+    if policy_file is None and etcd is None:
+        return None
+    store = trioheart.PolicyStore()
+    if policy_file is not None:
+        await nursery.start(trioheart.TomlFileSource(policy_file, store).run)
+        if store.statistics().revision == 0:  # the file was read and rejected
+            problems = "; ".join(store.statistics().last_rejected)
+            raise trioheart.ConfigError(f"--policy {policy_file}: {problems}")
+    if etcd is not None:
+        await nursery.start(trioheart.EtcdSource(store, endpoint=etcd, prefix=prefix).run)
+    return store
