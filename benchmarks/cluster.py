@@ -1,46 +1,47 @@
 """Chat nodes on one broker, and resuming clients, for the scale-out test and benchmark.
 
-``python -m benchmarks.cluster --port 0 [--redis URL] [--key HEX]`` runs one
-node: a chat server on :func:`trioheart.serve` whose rooms live in a
-:class:`~trioheart.broker.Broker` (Redis when ``--redis`` is given,
+``python -m benchmarks.cluster --port 0 [--redis URL] [--key HEX]
+[--ping-interval S] [--ping-timeout S]`` runs one
+node: the demo chat app (:func:`trioheart.demo.app.run_demo`), its rooms in
+a :class:`~trioheart.broker.Broker` (Redis when ``--redis`` is given,
 embedded otherwise). It prints ``READY <port>`` once it listens.
 
-:class:`ChatClient` is a resuming client: trio-websocket for the socket,
-:class:`~trioheart.resume.ResumeClient` for the protocol. It records every
-message it delivers, so a test can check order, loss and duplicates.
+:class:`ChatClient` is a resuming client on :func:`trioheart.client.open_resuming`
+that records every message it delivers, so a test can check order, loss and
+duplicates.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import IO, Final
 
 import attrs
 import trio
 
 import trioheart
-from trioheart.broker import Broker, BrokerUnavailable
-from trioheart.resume import (
-    RESUME_QUERY_PARAM,
-    ClientState,
-    GapDetected,
-    LogLimits,
-    MessageReceived,
-    ResumeClient,
-    ResumeRefused,
-    ResumeServer,
-    ResyncRequired,
-    SessionResumed,
-    SessionStarted,
+from trioheart.backoff import Backoff
+from trioheart.client import (
+    ClientEvent,
+    ClientStatistics,
+    Connected,
+    Disconnected,
+    NotConnected,
+    Reset,
+    ResumingClient,
+    open_resuming,
 )
+from trioheart.demo.app import run_demo
+from trioheart.resume import RESUME_QUERY_PARAM, LogLimits
 
 READY: Final = "READY"
 
@@ -49,90 +50,33 @@ READY: Final = "READY"
 # The node
 
 
-async def _handle(broker: Broker, conn: trioheart.Connection) -> None:
-    room = conn.query.get("room", "lobby") or "lobby"
-    name = conn.query.get("name", "")
-    request: str | None = None
-    if conn.query.get(RESUME_QUERY_PARAM) == "1":
-        with trio.move_on_after(10):
-            first = await conn.receive()
-            request = first if isinstance(first, str) else ""
-        if request is None:
-            request = ""
-    try:
-        outcome = await broker.join(room, conn, identity=name, request=request)
-    except BrokerUnavailable as exc:
-        conn.close(trioheart.CloseReason.BROKER_UNAVAILABLE, str(exc))
-        return
-    if isinstance(outcome, ResumeRefused):
-        for text in outcome.messages():
-            conn.send_nowait(text)
-        conn.close(outcome.close_reason, outcome.detail)
-        return
-    try:
-        async for message in conn:
-            if isinstance(message, bytes):
-                continue
-            body = json.loads(message)
-            if body.get("type") == "chat" and isinstance(body.get("text"), str):
-                try:
-                    broker.publish_nowait(
-                        room, {"type": "chat", "from": name, "text": body["text"]}
-                    )
-                except BrokerUnavailable as exc:
-                    conn.send_nowait(json.dumps({"type": "error", "error": str(exc)}))
-    finally:
-        broker.leave(room, conn)
-
-
-async def run_node(*, port: int, redis: str | None, key: bytes, limits: LogLimits) -> None:
-    """Serve one chat node until SIGTERM/SIGINT."""
-    resume = ResumeServer(key=key)
-    config = trioheart.ConnectionConfig(max_send_buffer=4 * 1024 * 1024)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            if redis is not None:
-                broker_cm: Any = trioheart.open_redis_broker(
-                    redis, resume_server=resume, limits=limits
-                )
-            else:
-                broker_cm = _null_context(
-                    trioheart.EmbeddedBroker(resume_server=resume, limits=limits)
-                )
-            async with broker_cm as broker:
-                metrics = trioheart.Metrics()
-                metrics.track_broker(broker)
-                if redis is not None:
-                    with trio.fail_after(10):
-                        await broker.wait_up()
-                server: trioheart.Server = await nursery.start(
-                    lambda task_status: trioheart.serve(
-                        lambda conn: _handle(broker, conn),
-                        "127.0.0.1",
-                        port,
-                        config=config,
-                        websocket_paths=["/ws"],
-                        http_handler=metrics.http_handler(),
-                        metrics=metrics,
-                        task_status=task_status,
-                    )
-                )
-                print(f"{READY} {server.port}", flush=True)
-                async for _ in signals:
-                    await server.aclose(drain_timeout=1.0)
-                    break
-            nursery.cancel_scope.cancel()
-
-
-class _null_context:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    async def __aenter__(self) -> Any:
-        return self.value
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+async def run_node(
+    *,
+    port: int,
+    redis: str | None,
+    key: bytes,
+    limits: LogLimits,
+    heartbeat: trioheart.DetectorConfig | None = None,
+) -> None:
+    """Serve one chat node (the demo's app) until SIGTERM/SIGINT; print READY once listening."""
+    config = trioheart.ConnectionConfig(
+        heartbeat=heartbeat if heartbeat is not None else trioheart.DetectorConfig(),
+        max_send_buffer=4 * 1024 * 1024,
+    )
+    async with trio.open_nursery() as nursery:
+        server: trioheart.Server = await nursery.start(
+            functools.partial(
+                run_demo,
+                host="127.0.0.1",
+                port=port,
+                config=config,
+                redis=redis,
+                resume_key=key,
+                limits=limits,
+                announce=False,
+            )
+        )
+        print(f"{READY} {server.port}", flush=True)
 
 
 @attrs.define
@@ -166,19 +110,30 @@ class NodeProcess:
 
 
 def start_nodes(
-    count: int, *, redis: str | None, key: bytes, timeout: float = 20.0
+    count: int,
+    *,
+    redis: str | None,
+    key: bytes,
+    timeout: float = 20.0,
+    extra_args: Sequence[str] = (),
+    stderr: int | IO[bytes] = subprocess.DEVNULL,
 ) -> list[NodeProcess]:
-    """Start *count* node processes and wait for each to listen."""
+    """Start *count* node processes and wait for each to listen.
+
+    *extra_args* go to ``python -m benchmarks.cluster`` (e.g. the heartbeat
+    options); *stderr* receives the nodes' warnings (discarded by default).
+    """
     nodes: list[NodeProcess] = []
     try:
         for _ in range(count):
             args = [sys.executable, "-m", "benchmarks.cluster", "--port", "0", "--key", key.hex()]
             if redis is not None:
                 args += ["--redis", redis]
+            args += extra_args
             process = subprocess.Popen(
                 args,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=stderr,
                 stdin=subprocess.DEVNULL,
                 text=True,
             )
@@ -224,41 +179,44 @@ async def broker_up(port: int) -> bool | None:
 
 @attrs.define(eq=False)
 class ChatClient:
-    """A resuming chat client that records what it delivers."""
+    """A resuming chat client (:func:`trioheart.client.open_resuming`) that records what it gets."""
 
     name: str
     room: str = "lobby"
-    protocol: ResumeClient = attrs.field(factory=ResumeClient)
     #: (epoch, seq, text) of every chat message delivered, in order.
     delivered: list[tuple[str, int, str]] = attrs.field(factory=list)
     resyncs: list[str] = attrs.field(factory=list)
-    gaps: int = 0
     connections: int = 0
     resumed: int = 0
-    #: trio.current_time() when the last connection was lost and when it resumed.
+    #: trio.current_time() when the last connection was lost, until it is live again.
     lost_at: float | None = None
     resume_latencies: list[float] = attrs.field(factory=list)
     epoch: str | None = None
     last_error: str = ""
     _changed: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
-    _ws: Any = None
+    _client: ResumingClient | None = None
     live: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def live_now(self) -> bool:
         """Whether the client is connected and live in its room now."""
-        return self._ws is not None and self.protocol.state is ClientState.LIVE
+        return self._client is not None and self._client.connection is not None
 
     @property
     def texts(self) -> list[str]:
         return [text for _, _, text in self.delivered]
+
+    def statistics(self) -> ClientStatistics:
+        """The resuming client's counters (duplicates dropped, gaps, resets)."""
+        assert self._client is not None
+        return self._client.statistics()
 
     async def wait_delivered(self, count: int) -> None:
         """Wait until *count* chat messages were delivered."""
         await self.wait_until(lambda client: len(client.delivered) >= count)
 
     async def wait_until(self, predicate: Callable[[ChatClient], bool]) -> None:
-        """Wait until *predicate* holds; checked after every message (bound it)."""
+        """Wait until *predicate* holds; checked after every event (bound it)."""
         while not predicate(self):
             await self._changed.park()
 
@@ -277,71 +235,66 @@ class ChatClient:
 
     async def send(self, text: str) -> bool:
         """Send a chat line on the current connection; False if there is none."""
-        ws = self._ws
-        if ws is None:
+        if self._client is None:
             return False
         try:
-            await ws.send_message(json.dumps({"type": "chat", "text": text}))
-        except Exception:
+            await self._client.send({"type": "chat", "text": text})
+        except NotConnected:
             return False
         return True
 
-    def _on(self, text: str) -> None:
-        for event in self.protocol.receive(text):
-            if isinstance(event, SessionStarted | SessionResumed):
-                self.epoch = event.epoch
-                if isinstance(event, SessionResumed):
-                    self.resumed += 1
-                if self.lost_at is not None:
-                    self.resume_latencies.append(trio.current_time() - self.lost_at)
-                    self.lost_at = None
-                self.live.set()
-            elif isinstance(event, ResyncRequired):
-                self.resyncs.append(str(event.reason))
-            elif isinstance(event, GapDetected):
-                self.gaps += 1
-            elif isinstance(event, MessageReceived) and event.message.get("type") == "chat":
-                assert self.epoch is not None
-                assert event.seq is not None
-                self.delivered.append((self.epoch, event.seq, str(event.message["text"])))
+    def _on(self, event: ClientEvent) -> None:
+        if isinstance(event, Connected):
+            self.epoch = event.epoch
+            self.connections = event.connection
+            if event.resumed:
+                self.resumed += 1
+            if self.lost_at is not None:
+                self.resume_latencies.append(trio.current_time() - self.lost_at)
+                self.lost_at = None
+            self.live.set()
+        elif isinstance(event, Reset):
+            self.resyncs.append(str(event.reason))
+        elif isinstance(event, Disconnected):
+            self.last_error = event.detail
+            if self.lost_at is None:
+                self.lost_at = trio.current_time()
+        elif isinstance(event.data, dict) and event.data.get("type") == "chat":
+            assert self.epoch is not None
+            assert event.seq is not None
+            self.delivered.append((self.epoch, event.seq, str(event.data["text"])))
         self._changed.unpark_all()
 
-    async def run(self, urls: Sequence[str], *, start: int = 0, retry: float = 0.05) -> None:
+    async def run(
+        self,
+        urls: Sequence[str],
+        *,
+        start: int = 0,
+        retry: float = 0.05,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         """Connect to ``urls[start]``; on a lost connection try the next, resuming.
 
         Runs until cancelled. *urls* are the nodes' base URLs
-        (``ws://host:port``).
+        (``ws://host:port``); each retry waits *retry* seconds, or what
+        *backoff* (with *rng*) draws when it is given.
         """
-        from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
-
-        index = start
-        while True:
-            base = urls[index % len(urls)]
-            request = self.protocol.start_connection()
-            query = f"/ws?room={self.room}&name={self.name}"
-            if request is not None:
-                query += f"&{RESUME_QUERY_PARAM}=1"
-            try:
-                async with open_websocket_url(base + query, connect_timeout=5) as ws:
-                    self.connections += 1
-                    if request is not None:
-                        await ws.send_message(request)
-                    self._ws = ws
-                    while True:
-                        message = await ws.get_message()
-                        if isinstance(message, str):
-                            self._on(message)
-                        if self.protocol.state.value in ("broken", "refused"):
-                            break
-            except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError) as exc:
-                self.last_error = repr(exc)
-            finally:
-                self._ws = None
-                self.protocol.connection_lost()
-                if self.lost_at is None:
-                    self.lost_at = trio.current_time()
-            index += 1
-            await trio.sleep(retry)
+        ordered = [*urls[start:], *urls[:start]]
+        query = f"/ws?room={self.room}&name={self.name}"
+        if backoff is None:
+            backoff = Backoff(base=retry, cap=retry, factor=1.0, jitter="none")
+        config = trioheart.ConnectionConfig(max_queued_messages=1024, max_queued_bytes=4 << 20)
+        async with open_resuming(
+            [url + query for url in ordered],
+            backoff=backoff,
+            config=config,
+            max_events=4096,
+            rng=rng,
+        ) as client:
+            self._client = client
+            async for event in client:
+                self._on(event)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,14 +303,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--redis", default=None, help="redis://host:port (embedded if omitted)")
     parser.add_argument("--key", default="00" * 32, help="the resume key, hex (shared by nodes)")
     parser.add_argument("--max-messages", type=int, default=10_000)
+    parser.add_argument("--ping-interval", type=float, default=20.0, help="seconds (default 20)")
+    parser.add_argument("--ping-timeout", type=float, default=20.0, help="seconds (default 20)")
     args = parser.parse_args(argv)
+    heartbeat = trioheart.DetectorConfig(
+        ping_interval=args.ping_interval, ping_timeout=args.ping_timeout
+    )
     # Standard output carries only the READY line (the parent reads no more
     # of it, so a chatty log there would fill the pipe and stall the node).
     trioheart.log.configure_logging(json=True, level=logging.WARNING, stream=sys.stderr)
     limits = LogLimits(max_messages=args.max_messages, max_bytes=4_000_000, max_age=300.0)
     trio.run(
         lambda: run_node(
-            port=args.port, redis=args.redis, key=bytes.fromhex(args.key), limits=limits
+            port=args.port,
+            redis=args.redis,
+            key=bytes.fromhex(args.key),
+            limits=limits,
+            heartbeat=heartbeat,
         )
     )
     return 0

@@ -23,7 +23,10 @@ theirs, all on the same two cores; on this machine the single client
 process is the bottleneck (it parses every frame of every client), so
 the absolute numbers are the load generator's and the machine's, and the
 ratios against the embedded broker, measured in the same run, are the
-result.
+result. So that the server side's cost can be read apart from the load
+generator's, it also records the CPU time the nodes (together), Redis and
+the clients' process spent while publishing (from ``/proc``, all threads):
+node CPU per delivery, Redis CPU per message, client CPU per delivery.
 Writes DIR/fanout.json and DIR/fanout.png; prints a table and the command.
 """
 
@@ -111,25 +114,78 @@ def _check(clients: list[ChatClient], expected: int) -> tuple[int, int]:
     for client in clients:
         texts = [text for _, _, text in client.delivered]
         lost += max(0, expected - len(set(texts)))
-        duplicated += len(texts) - len(set(texts)) + client.protocol.statistics().duplicates
+        duplicated += len(texts) - len(set(texts)) + client.statistics().duplicates
         if texts != reference:
             lost += sum(1 for a, b in zip(texts, reference, strict=False) if a != b)
     return lost, duplicated
 
 
-async def measure_fanout(urls: list[str], clients_n: int, messages: int) -> dict[str, Any]:
+_TICKS: float = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time a process has used so far, all its threads, from /proc; None if unknown.
+
+    ``/proc/PID/task/*/schedstat`` counts nanoseconds on the CPU; without
+    it, ``/proc/PID/stat``'s utime + stime count clock ticks (10 ms).
+    """
+    try:
+        total = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])
+        if total > 0:
+            return total / 1e9
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError, IndexError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15)
+
+
+def _cpu(pids: Sequence[int]) -> float | None:
+    values = [cpu_seconds(pid) for pid in pids]
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+async def measure_fanout(
+    urls: list[str],
+    clients_n: int,
+    messages: int,
+    node_pids: Sequence[int] = (),
+    redis_pid: int | None = None,
+) -> dict[str, Any]:
+    """Deliveries per second, and the CPU each side spent on them.
+
+    The CPU of the nodes, of Redis and of this (the clients') process is
+    read around the publishing phase only (every client already live), so
+    it is the cost of fan-out, not of accepting connections.
+    """
     clients = [ChatClient(name=f"c{i}") for i in range(clients_n)]
     async with trio.open_nursery() as nursery:
         await _connect_all(clients, urls, nursery)
         publisher = clients[0]
+        nodes_before = _cpu(node_pids)
+        redis_before = _cpu([redis_pid]) if redis_pid is not None else None
+        clients_before = time.process_time()
         started = trio.current_time()
         await publisher.publish([f"m{i}" for i in range(messages)])
         with trio.fail_after(120):
             for client in clients:
                 await client.wait_delivered(messages)
         elapsed = trio.current_time() - started
+        clients_cpu = time.process_time() - clients_before
+        nodes_after = _cpu(node_pids)
+        redis_after = _cpu([redis_pid]) if redis_pid is not None else None
         nursery.cancel_scope.cancel()
     lost, duplicated = _check(clients, messages)
+    nodes_cpu = (
+        nodes_after - nodes_before
+        if nodes_before is not None and nodes_after is not None and node_pids
+        else None
+    )
+    redis_cpu = (
+        redis_after - redis_before if redis_before is not None and redis_after is not None else None
+    )
     return {
         "clients": clients_n,
         "messages": messages,
@@ -138,6 +194,9 @@ async def measure_fanout(urls: list[str], clients_n: int, messages: int) -> dict
         "rate": clients_n * messages / elapsed,
         "lost": lost,
         "duplicated": duplicated,
+        "nodes_cpu_s": nodes_cpu,
+        "redis_cpu_s": redis_cpu,
+        "clients_cpu_s": clients_cpu,
     }
 
 
@@ -183,6 +242,12 @@ async def measure_resume(
     }
 
 
+def _median_per(rows: list[dict[str, Any]], field: str, count: int) -> float | None:
+    """The median of *field* over *rows*, in microseconds per one of *count*."""
+    values = [r[field] for r in rows if r.get(field) is not None]
+    return statistics.median(values) / count * 1e6 if values else None
+
+
 def run(quick: bool, out: Path) -> dict[str, Any]:
     sizes = [20] if quick else [200, 2000]
     deliveries = 400 if quick else 20_000
@@ -190,6 +255,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     resume_clients = 30 if quick else 2000
     configs = CONFIGS[:3] if quick else CONFIGS
     rng = random.Random(8)
+    wall_started = time.monotonic()
     results: list[dict[str, Any]] = []
     resume: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +272,14 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                         )
                         try:
                             urls = [f"ws://127.0.0.1:{n.port}" for n in nodes]
-                            result = trio.run(measure_fanout, urls, clients_n, messages)
+                            result = trio.run(
+                                measure_fanout,
+                                urls,
+                                clients_n,
+                                messages,
+                                [n.pid for n in nodes],
+                                redis.pid if broker == "redis" else None,
+                            )
                         finally:
                             for node in nodes:
                                 node.stop()
@@ -217,6 +290,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                             f"(lost {result['lost']}, dup {result['duplicated']})"
                         )
                     median = statistics.median(r["rate"] for r in rates)
+                    deliveries_n = clients_n * messages
                     results.append(
                         {
                             "broker": broker,
@@ -227,6 +301,15 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                             "rates": [r["rate"] for r in rates],
                             "lost": sum(r["lost"] for r in rates),
                             "duplicated": sum(r["duplicated"] for r in rates),
+                            # Server-side cost, independent of the load generator:
+                            # CPU of all nodes per delivery, of Redis per message.
+                            "nodes_cpu_us_per_delivery": _median_per(
+                                rates, "nodes_cpu_s", deliveries_n
+                            ),
+                            "redis_cpu_us_per_message": _median_per(rates, "redis_cpu_s", messages),
+                            "clients_cpu_us_per_delivery": _median_per(
+                                rates, "clients_cpu_s", deliveries_n
+                            ),
                         }
                     )
             for row in results:
@@ -265,19 +348,31 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             "nodes, Redis and the clients (one Python process, the bottleneck here) share "
             "the same cores; ratio_vs_embedded compares with the embedded broker on one "
             "node, same run, same N; resume latencies include a full-jitter wait of "
-            "U(0, 0.5) s before reconnecting"
+            "U(0, 0.5) s before reconnecting; *_cpu_us_* are CPU microseconds (from "
+            "/proc, all threads) spent while publishing, every client already live: all "
+            "nodes together per delivery, Redis per message, the clients' process per delivery"
         ),
         "fanout": results,
         "resume_after_node_kill": resume,
+        "wall_seconds": time.monotonic() - wall_started,
     }
 
 
 def _table(report: dict[str, Any]) -> str:
-    lines = [f"{'broker':<9}{'nodes':>6}{'clients':>9}{'msgs':>7}{'deliveries/s':>15}{'ratio':>8}"]
+    def us(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    lines = [
+        f"{'broker':<9}{'nodes':>6}{'clients':>9}{'msgs':>7}{'deliveries/s':>15}{'ratio':>8}"
+        f"{'node us/dlv':>13}{'redis us/msg':>14}{'client us/dlv':>15}"
+    ]
     for row in report["fanout"]:
         lines.append(
             f"{row['broker']:<9}{row['nodes']:>6}{row['clients']:>9}{row['messages']:>7}"
             f"{row['rate_median']:>15,.0f}{row['ratio_vs_embedded']:>8.2f}"
+            f"{us(row.get('nodes_cpu_us_per_delivery')):>13}"
+            f"{us(row.get('redis_cpu_us_per_message')):>14}"
+            f"{us(row.get('clients_cpu_us_per_delivery')):>15}"
         )
     resume = report["resume_after_node_kill"]
     lines.append(
@@ -294,16 +389,30 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.2))
     for broker, count in CONFIGS:
         rows = [r for r in report["fanout"] if (r["broker"], r["nodes"]) == (broker, count)]
         if rows:
+            label = f"{broker}, {count} node{'s' if count > 1 else ''}"
             left.plot(
                 [r["clients"] for r in rows],
                 [r["rate_median"] for r in rows],
                 marker="o",
-                label=f"{broker}, {count} node{'s' if count > 1 else ''}",
+                label=label,
             )
+            costs = [
+                (r["clients"], r["nodes_cpu_us_per_delivery"])
+                for r in rows
+                if r.get("nodes_cpu_us_per_delivery") is not None
+            ]
+            if costs:
+                middle.plot([c[0] for c in costs], [c[1] for c in costs], marker="o", label=label)
+    middle.set_xscale("log")
+    middle.set_xlabel("clients in the room")
+    middle.set_ylabel("CPU µs per delivery, all nodes together")
+    middle.set_title("Server-side cost of fan-out")
+    middle.legend()
+    middle.grid(alpha=0.3)
     left.set_xlabel("clients in the room")
     left.set_ylabel("deliveries per second (median)")
     left.set_title("Fan-out, one room")

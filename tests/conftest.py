@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
@@ -35,6 +35,37 @@ async def live_tasks() -> AsyncIterator[LiveTasks]:
         yield tasks
     finally:
         trio.lowlevel.remove_instrument(tasks)
+
+
+# Figures the tests measured, shown at the end of every run (not only with -s).
+_MEASURED: pytest.StashKey[list[tuple[str, str]]] = pytest.StashKey()
+
+Measured = Callable[[str], None]
+
+
+@pytest.fixture
+def measured(request: pytest.FixtureRequest) -> Measured:
+    """``measured("frozen peer -> pong_timeout after 1.05 s")``: report a figure.
+
+    Where an issue asks for a number *measured*, the test that measures it
+    records it here; each run then ends with a "measured figures" section
+    naming the test and its figure, whether or not output was captured.
+    """
+    figures = request.config.stash.setdefault(_MEASURED, [])
+
+    def record(text: str) -> None:
+        figures.append((request.node.nodeid, text))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    figures = terminalreporter.config.stash.get(_MEASURED, [])
+    if not figures:
+        return
+    terminalreporter.section("measured figures")
+    for nodeid, text in figures:
+        terminalreporter.write_line(f"{nodeid}: {text}")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -13,6 +13,7 @@ import trio
 from trio.testing import MockClock
 
 import trioheart
+from trioheart.policy import ConnectionAttributes, load_policy_toml, policy_set_from_kv
 
 from .trio.wsclient import connect
 
@@ -59,3 +60,53 @@ def test_l4_tuning_example_runs_and_explains_the_refusal(
     namespace = runpy.run_path(str(EXAMPLES / "l4_tuning.py"))
     assert namespace["behind_alb"].user_timeout == 45
     assert "user_timeout must cover the keepalive probing" in capsys.readouterr().out
+
+
+def test_gray_release_example_does_what_the_how_to_says(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    text = (EXAMPLES / "gray-release.toml").read_text()
+    policy_set = load_policy_toml(text)
+    # Step 3's script: about 1 % of the desktop users get the gray rule.
+    check = load("gray_release_check")
+    cohort = check.check(str(EXAMPLES / "gray-release.toml"))
+    assert set(cohort) == {"desktop", "desktop-fast-ping"}
+    assert 60 <= cohort["desktop-fast-ping"] <= 140
+    # The gray rule keeps every key of "desktop" but the interval ones (the
+    # app-level heartbeat, off here, follows ping_interval unless set).
+    desktop = policy_set.rule("desktop").policy.to_dict()
+    gray = policy_set.rule("desktop-fast-ping").policy.to_dict()
+    assert {k for k in desktop if desktop[k] != gray[k]} == {
+        "ping_interval",
+        "min_interval",
+        "max_interval",
+        "app_heartbeat_interval",
+    }
+    # Step 6: raising the rollout only adds clients to the cohort.
+    wider = load_policy_toml(text.replace("rollout_percent = 1", "rollout_percent = 5"))
+    users = [ConnectionAttributes(key=f"user-{i}", group="desktop") for i in range(10_000)]
+    before = {u.key for u in users if policy_set.resolve(u).rule == "desktop-fast-ping"}
+    after = {u.key for u in users if wider.resolve(u).rule == "desktop-fast-ping"}
+    assert before < after
+    # Step 4's etcd value is the same rule.
+    prefix = "/trioheart/policy/"
+    from_etcd = policy_set_from_kv(
+        {
+            prefix + "default": b"ping_interval = 20.0\nidle_timeout = 60.0\n",
+            prefix + "rules/desktop-fast-ping": (
+                EXAMPLES / "gray-release-etcd-rule.toml"
+            ).read_bytes(),
+        },
+        prefix=prefix,
+        revision=1,
+    )
+    assert from_etcd.rule("desktop-fast-ping").policy == policy_set.rule("desktop-fast-ping").policy
+    # A file with a problem makes the script name it and exit with 1.
+    bad = tmp_path / "policy.toml"
+    bad.write_text(text.replace("max_interval = 10.0", "max_interval = 30.0"))
+    with pytest.raises(SystemExit) as exited:
+        check.check(str(bad))
+    assert exited.value.code == 1
+    assert "rule 'desktop-fast-ping': max_interval must be at most half of idle_timeout" in (
+        capsys.readouterr().out
+    )

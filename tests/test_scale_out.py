@@ -8,6 +8,7 @@ real time: every wait is bounded.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 
@@ -18,6 +19,20 @@ from benchmarks.cluster import ChatClient, NodeProcess, broker_up, start_nodes
 from tests.redis_server import RedisControl, RedisServer
 
 WAIT = 20.0
+
+
+async def http_get(port: int, path: str) -> bytes:
+    """The body of GET *path* on a node (bounded)."""
+    with trio.fail_after(WAIT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            response = b""
+            while chunk := await stream.receive_some(65536):
+                response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
 
 
 @pytest.fixture
@@ -74,8 +89,8 @@ async def test_three_nodes_one_order_and_no_loss_when_a_node_dies(
     for client in clients:
         assert client.delivered == reference, f"{client.name} saw another history"
         assert client.resyncs == []
-        assert client.gaps == 0
-        assert client.protocol.statistics().duplicates == 0
+        assert client.statistics().gaps == 0
+        assert client.statistics().duplicates == 0
     for client in moved:
         assert client.resumed == 1
         assert client.connections == 2
@@ -104,6 +119,13 @@ async def test_redis_restarted_mid_chat_keeps_connections_then_resets(
                 for node in nodes:
                     while await broker_up(node.port) is not False:  # noqa: ASYNC110
                         await trio.sleep(0.05)  # another process: polled, and bounded
+            # ... on the health page too ...
+            for node in nodes:
+                snapshot = json.loads(await http_get(node.port, "/health.json"))
+                assert snapshot["broker"]["kind"] == "redis"
+                assert snapshot["broker"]["up"] is False
+                assert snapshot["broker"]["outages"] == 1
+                assert snapshot["open"] == 2
             # ... and keep their clients' connections up through the outage.
             assert all(client.connections == 1 for client in clients)
             assert await clients[0].send("during")  # kept in node 0's outbox
@@ -130,5 +152,5 @@ async def test_redis_restarted_mid_chat_keeps_connections_then_resets(
         assert len(before) == 8
         after = [(e, s, t) for e, s, t in client.delivered if t.startswith("after")]
         assert after == [x for x in clients[0].delivered if x[2].startswith("after")]
-        assert client.protocol.statistics().duplicates == 0
-        assert client.gaps == 0
+        assert client.statistics().duplicates == 0
+        assert client.statistics().gaps == 0

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ._trio.broker import EmbeddedBroker
 from ._trio.connection import Connection
 from ._trio.policy_sources import EtcdSource, PolicyStore, TomlFileSource
+from ._trio.rooms import join_room
 from ._trio.server import (
     Server,
     ServerStatistics,
@@ -85,6 +86,7 @@ __all__ = [
     "TrioheartError",
     "__version__",
     "attributes_from_request",
+    "join_room",
     "monitor_stalls",
     "open_redis_broker",
     "serve",

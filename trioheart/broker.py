@@ -220,8 +220,13 @@ class Broker(Protocol):
         *,
         identity: str = "",
         request: str | Mapping[str, Any] | None = None,
+        replay_limits: LogLimits | None = None,
     ) -> NewSession | ResumeOutcome:
         """Make *subscriber* live in *room*: a fresh session, or a resume of *request*.
+
+        *replay_limits* narrows what this subscriber may be replayed below
+        the room log's bounds (a heartbeat policy's ``resume_*`` keys);
+        beyond it the resume is a ``reset`` with reason ``trimmed``.
 
         Unless the outcome is a :class:`~trioheart.resume.ResumeRefused`,
         its :meth:`messages` have been queued to *subscriber* with
@@ -699,16 +704,30 @@ class RoomMirror(Generic[T]):
         return outcome
 
     def resume(
-        self, subscriber: T, request: str | Mapping[str, Any], *, identity: str = "", now: float
+        self,
+        subscriber: T,
+        request: str | Mapping[str, Any],
+        *,
+        identity: str = "",
+        now: float,
+        replay_limits: LogLimits | None = None,
     ) -> ResumeOutcome:
         """Decide *request* against the copy and, unless refused, make *subscriber* live.
+
+        *replay_limits* bounds what this subscriber may be replayed
+        (:meth:`ResumeServer.resume <trioheart.resume.ResumeServer.resume>`).
 
         Raises:
           ResumeStateError: if *subscriber* is already live, or the copy is closed.
         """
         self._check_usable(subscriber)
         outcome = self._server.resume(
-            request, self._log, room=self._name, identity=identity, now=now
+            request,
+            self._log,
+            room=self._name,
+            identity=identity,
+            now=now,
+            replay_limits=replay_limits,
         )
         if outcome.goes_live:
             self._subscribers[subscriber] = None

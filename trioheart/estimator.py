@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left, insort
+from collections.abc import Sequence
 from typing import Final, final
 
 __all__ = ["SlidingQuantiles"]
@@ -126,7 +127,7 @@ class SlidingQuantiles:
             count = 1
         elif count > n:
             count = n
-        return sum(srt[:count]) / count
+        return _bounded_mean(srt, count)
 
     def summary(self, q: float) -> tuple[float, float, float, float, float]:
         """``(q_25, q_50, q_75, q_q, mean up to q_q)`` in one call (the detector's hot path).
@@ -153,7 +154,7 @@ class SlidingQuantiles:
             srt[i50 if i50 > 0 else 0],
             srt[i75 if i75 < last else last],
             srt[count - 1],
-            sum(srt[:count]) / count,
+            _bounded_mean(srt, count),
         )
 
     def values(self) -> list[float]:
@@ -161,3 +162,15 @@ class SlidingQuantiles:
         if len(self._ring) < self._size:
             return list(self._ring)
         return list(self._ring[self._next :]) + list(self._ring[: self._next])
+
+
+def _bounded_mean(srt: Sequence[float], count: int) -> float:
+    """The mean of the *count* smallest of *srt*, kept within their range.
+
+    A float sum divided by the count can land a rounding step outside
+    ``[srt[0], srt[count - 1]]`` (three samples of 0.025 average to
+    0.025000000000000005); clamping keeps the documented bound exact.
+    """
+    mean = sum(srt[:count]) / count
+    low, high = srt[0], srt[count - 1]
+    return low if mean < low else high if mean > high else mean

@@ -55,6 +55,7 @@ from .config import ConnectionConfig
 from .detector import DetectorConfig
 from .errors import ConfigError
 from .keepalive import MAX_KEEPCNT, MAX_KEEPIDLE, MAX_USER_TIMEOUT, KeepaliveConfig
+from .resume import LogLimits
 
 __all__ = [
     "DEFAULT_RULE",
@@ -695,6 +696,20 @@ class ResolvedPolicy:
             heartbeat=self.detector_config(),
             keepalive=self.keepalive_config(),
             app_heartbeat_interval=self.app_heartbeat_interval if self.app_heartbeat else None,
+        )
+
+    def replay_limits(self) -> LogLimits:
+        """What a resuming connection under this policy may be replayed.
+
+        The ``resume_*`` keys as :class:`~trioheart.resume.LogLimits`, for
+        :func:`trioheart.join_room` (which uses them by default): a room's
+        log is shared, so they narrow this connection's replay rather than
+        the log itself.
+        """
+        return LogLimits(
+            max_messages=self.resume_max_messages,
+            max_bytes=self.resume_max_bytes,
+            max_age=self.resume_max_age,
         )
 
     def to_dict(self) -> dict[str, object]:

@@ -27,6 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .reasons import CloseReason
+from .resume import RefuseReason, ResetReason
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -162,8 +163,12 @@ class Metrics:
         ``trioheart_broker_outbox_messages``, ``trioheart_broker_outbox_bytes``,
         ``trioheart_broker_published_total``,
         ``trioheart_broker_publish_rejected_total``,
-        ``trioheart_broker_delivered_total`` and
-        ``trioheart_broker_room_resets_total``, each with a ``broker`` label
+        ``trioheart_broker_delivered_total``,
+        ``trioheart_broker_room_resets_total``,
+        ``trioheart_broker_resumes_accepted_total``,
+        ``trioheart_broker_resume_resets_total{reason}`` and
+        ``trioheart_broker_resume_refusals_total{reason}`` (from its
+        :class:`~trioheart.resume.ResumeServer`), each with a ``broker`` label
         (``embedded`` or ``redis``).
         """
         self.registry.register(_BrokerCollector(broker))
@@ -341,6 +346,33 @@ class _BrokerCollector(Collector):
             counter = CounterMetricFamily(name, documentation, labels=["broker"])
             counter.add_metric(label, getattr(stats, field))
             yield counter
+        # The broker's resume server decides every resume on this node: a
+        # reset with reason "trimmed" is the room log's bounds being hit.
+        resume = self._broker.resume_server.statistics()
+        resets = CounterMetricFamily(
+            "trioheart_broker_resume_resets",
+            "Resumes answered with reset, by reason (trimmed: the room log's bounds "
+            "had dropped a message the client missed).",
+            labels=["broker", "reason"],
+        )
+        for reset in ResetReason:
+            resets.add_metric([stats.kind, reset.value], resume.resets.get(reset, 0))
+        yield resets
+        refusals = CounterMetricFamily(
+            "trioheart_broker_resume_refusals",
+            "Resume requests refused (malformed, a forged or foreign token, an impossible seq).",
+            labels=["broker", "reason"],
+        )
+        for refusal in RefuseReason:
+            refusals.add_metric([stats.kind, refusal.value], resume.refusals.get(refusal, 0))
+        yield refusals
+        accepted = CounterMetricFamily(
+            "trioheart_broker_resumes_accepted",
+            "Resume requests accepted: the client got exactly what it missed.",
+            labels=["broker"],
+        )
+        accepted.add_metric(label, resume.resumed)
+        yield accepted
 
 
 def _gauge_histogram(

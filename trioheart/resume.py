@@ -651,6 +651,15 @@ def _parse_request(request: str | Mapping[str, Any]) -> _Request | str:
     return _Request(token=token, epoch=epoch, seq=seq)
 
 
+def _fits(replay: tuple[LogEntry, ...], limits: LogLimits, *, now: float) -> bool:
+    """Whether *replay* is within *limits*: count, bytes, and the oldest entry's age."""
+    if len(replay) > limits.max_messages:
+        return False
+    if replay and now - replay[0].at > limits.max_age:
+        return False
+    return sum(entry.size for entry in replay) <= limits.max_bytes
+
+
 def _length_prefixed(*parts: str) -> bytes:
     out = bytearray()
     for part in parts:
@@ -821,6 +830,7 @@ class ResumeServer:
         room: str,
         identity: str = "",
         now: float,
+        replay_limits: LogLimits | None = None,
     ) -> ResumeOutcome:
         """Decide a resume request against *log* at *now*.
 
@@ -837,6 +847,9 @@ class ResumeServer:
         6. the log still holds every message after seq, else reset
            ``trimmed`` (the log is trimmed to its bounds at *now* first,
            whatever the outcome);
+        7. the replay fits *replay_limits*, when given, else reset
+           ``trimmed``: this connection's own, narrower bounds (a
+           heartbeat policy's ``resume_*`` keys) on what it may be replayed;
 
         and then the resume is accepted with the replay of ``seq + 1 ..
         last_seq`` and a renewed token. A reset carries a fresh session, so
@@ -850,6 +863,10 @@ class ResumeServer:
           room: The room of this connection.
           identity: Who the client is, as the application knows it.
           now: The current time.
+          replay_limits: At most this much may be replayed to this client:
+            that many messages, that many bytes, none older than that;
+            beyond it the client is told ``reset``. ``None``: the log's
+            bounds only.
         """
         now = _check_now(now)
         _check_name("room", room)
@@ -878,7 +895,9 @@ class ResumeServer:
                 f"seq {parsed.seq} is outside what this session can have",
             )
         replay = log.since(parsed.seq)
-        if replay is None:
+        if replay is None or (
+            replay_limits is not None and not _fits(replay, replay_limits, now=now)
+        ):
             return self._reset(ResetReason.TRIMMED, log, room=room, identity=identity, now=now)
         session = self._issue(
             session_id=session_id,
@@ -1002,9 +1021,18 @@ class Room(Generic[T]):
         return outcome
 
     def resume(
-        self, subscriber: T, request: str | Mapping[str, Any], *, identity: str = "", now: float
+        self,
+        subscriber: T,
+        request: str | Mapping[str, Any],
+        *,
+        identity: str = "",
+        now: float,
+        replay_limits: LogLimits | None = None,
     ) -> ResumeOutcome:
         """Decide *request* and, unless it is refused, make *subscriber* live.
+
+        *replay_limits* bounds what this subscriber may be replayed
+        (:meth:`ResumeServer.resume`).
 
         Returns:
           The outcome; send its :meth:`messages` to the subscriber before
@@ -1016,7 +1044,12 @@ class Room(Generic[T]):
         """
         self._check_absent(subscriber)
         outcome = self._server.resume(
-            request, self._log, room=self._name, identity=identity, now=now
+            request,
+            self._log,
+            room=self._name,
+            identity=identity,
+            now=now,
+            replay_limits=replay_limits,
         )
         if outcome.goes_live:
             self._subscribers[subscriber] = None

@@ -271,7 +271,8 @@ class Healthy:
 
     async def pinger(self, interval: float) -> None:
         for ping_id in itertools.count(1):
-            if self.closed_by_server is not None:
+            # Stop once either side began closing: wsproto sends nothing after a close frame.
+            if self.closed_by_server is not None or self.ws.state is not ConnectionState.OPEN:
                 return
             self.sent[ping_id] = trio.current_time()
             try:
@@ -726,63 +727,75 @@ async def network_fuzz(
     bounds = Bounds.of(config)
     violations: list[str] = []
     proc: trio.Process | None = None
-    async with trio.open_nursery() as nursery:
-        if inline:
-            server: trioheart.Server = await nursery.start(serve_fuzz_target, config)
-            port = server.port
-        else:
-            proc, port = await _start_server_process(fast)
-        clients = [await open_healthy(port) for _ in range(healthy)]
-        async with trio.open_nursery() as clients_nursery:
-            for client in clients:
-                clients_nursery.start_soon(client.reader)
-                clients_nursery.start_soon(client.pinger, ping_every)
-            progress(f"quiet phase: {quiet} s, {healthy} healthy clients")
-            quiet_start = trio.current_time()
-            await trio.sleep(quiet)
-            await fetch_stats(port, mark=True)
-            fuzz_start = trio.current_time()
-            progress(f"fuzz phase: {duration} s, {workers} fuzz workers")
+    try:
+        async with trio.open_nursery() as nursery:
             if inline:
-                fuzz = await run_fuzzers(
-                    port, duration=duration, workers=workers, seed=seed, bounds=bounds
-                )
+                server: trioheart.Server = await nursery.start(serve_fuzz_target, config)
+                port = server.port
             else:
-                fuzz = await _fuzz_in_subprocess(
-                    port, duration=duration, workers=workers, seed=seed, fast=fast
+                proc, port = await _start_server_process(fast)
+            clients = [await open_healthy(port) for _ in range(healthy)]
+            async with trio.open_nursery() as clients_nursery:
+                for client in clients:
+                    clients_nursery.start_soon(client.reader)
+                    clients_nursery.start_soon(client.pinger, ping_every)
+                progress(f"quiet phase: {quiet} s, {healthy} healthy clients")
+                quiet_start = trio.current_time()
+                await trio.sleep(quiet)
+                await fetch_stats(port, mark=True)
+                fuzz_start = trio.current_time()
+                progress(f"fuzz phase: {duration} s, {workers} fuzz workers")
+                if inline:
+                    fuzz = await run_fuzzers(
+                        port, duration=duration, workers=workers, seed=seed, bounds=bounds
+                    )
+                else:
+                    fuzz = await _fuzz_in_subprocess(
+                        port, duration=duration, workers=workers, seed=seed, fast=fast
+                    )
+                fuzz_end = fuzz_start + duration
+                progress(
+                    f"fuzz done: {fuzz.connections} connections; waiting for the server to settle"
                 )
-            fuzz_end = fuzz_start + duration
-            progress(f"fuzz done: {fuzz.connections} connections; waiting for the server to settle")
-            try:
-                with trio.fail_after(bounds.after_handshake + bounds.handshake):
-                    # Another process's counts: polled over HTTP.
-                    while (stats := await fetch_stats(port))["connections_open"] > healthy:  # noqa: ASYNC110
-                        await trio.sleep(0.1)
-            except trio.TooSlowError:
-                stats = await fetch_stats(port)
-                violations.append(
-                    f"hang: {stats['connections_open'] - healthy} fuzz connections still open"
-                )
-            for i, client in enumerate(clients):
-                if client.closed_by_server is not None:
-                    violations.append(f"healthy client {i} was closed: {client.closed_by_server}")
-            for client in clients:
-                await client.close()
-            with trio.move_on_after(bounds.after_handshake) as scope:
-                while (await fetch_stats(port))["connections_open"] > 0:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            if scope.cancelled_caught:
-                violations.append("healthy clients did not close cleanly")
-            clients_nursery.cancel_scope.cancel()
-        final = await fetch_stats(port)
-        if inline:
-            await server.aclose()
-        else:
-            assert proc is not None
-            if proc.poll() is not None:
-                violations.append(f"the server process died (exit {proc.returncode})")
-            proc.terminate()
-            await proc.wait()
+                try:
+                    with trio.fail_after(bounds.after_handshake + bounds.handshake):
+                        # Another process's counts: polled over HTTP.
+                        while (stats := await fetch_stats(port))["connections_open"] > healthy:  # noqa: ASYNC110
+                            await trio.sleep(0.1)
+                except trio.TooSlowError:
+                    stats = await fetch_stats(port)
+                    violations.append(
+                        f"hang: {stats['connections_open'] - healthy} fuzz connections still open"
+                    )
+                for i, client in enumerate(clients):
+                    if client.closed_by_server is not None:
+                        violations.append(
+                            f"healthy client {i} was closed: {client.closed_by_server}"
+                        )
+                for client in clients:
+                    await client.close()
+                with trio.move_on_after(bounds.after_handshake) as scope:
+                    while (await fetch_stats(port))["connections_open"] > 0:  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                if scope.cancelled_caught:
+                    violations.append("healthy clients did not close cleanly")
+                clients_nursery.cancel_scope.cancel()
+            final = await fetch_stats(port)
+            if inline:
+                await server.aclose()
+            else:
+                assert proc is not None
+                if proc.poll() is not None:
+                    violations.append(f"the server process died (exit {proc.returncode})")
+                proc.terminate()
+                await proc.wait()
+    finally:
+        # On any error, stop the server process too: left running, it would
+        # hold our caller's pipes open and turn the error into a hang.
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            with trio.CancelScope(shield=True):
+                await proc.wait()
 
     closed = dict(final["closed"])
     violations = fuzz.violations + violations

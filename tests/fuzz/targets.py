@@ -761,8 +761,8 @@ def check_app(value: AppInput) -> None:
     ``None`` or an error sentence, never an exception, and what it
     publishes is strict JSON.
     """
+    from trioheart import EmbeddedBroker
     from trioheart.demo.app import ChatApp
-    from trioheart.demo.app import Room as ChatRoom
 
     data = b"".join(wire.text_frame(text) for text in value.texts)
     result = run_frames(FramesInput(data=data, chunks=(1500,), app_heartbeat=value.app_heartbeat))
@@ -796,13 +796,18 @@ def check_app(value: AppInput) -> None:
             expect(pong.get("id") == ping["id"], f"pong {pong!r} for ping {ping!r}")
         else:  # an id JSON cannot carry (NaN, Infinity) is left out
             expect("id" not in pong, f"pong {pong!r} for ping {ping!r}")
-    room = ChatRoom("fuzz")
-    app = ChatApp(cast(Any, None))
+    broker = EmbeddedBroker(clock=lambda: 0.0)
+    app = ChatApp(None, broker)
     for message in inbox:
-        seq = room.seq
-        problem = app._on_message(room, "fuzzer", message)
+        published = broker.statistics().published
+        problem = app._on_message("fuzz", "fuzzer", message)
         expect(problem is None or isinstance(problem, str), f"chat answered {problem!r}")
-        expect(room.seq == seq + (problem is None), "a chat message published twice or not")
+        expect(
+            broker.statistics().published == published + (problem is None),
+            "a chat message published twice or not",
+        )
+        if problem is None:
+            strict_json(broker.rooms["fuzz"].log.since(0)[-1].text)  # type: ignore[index]
 
 
 def _is_strict_json(value: object) -> bool:

@@ -17,6 +17,8 @@ import pytest
 
 from trioheart.testing.netns import NetNamespace, unavailable_reason
 
+from ..conftest import Measured
+
 pytestmark = pytest.mark.netns
 
 ECHO_SERVER = """
@@ -87,25 +89,27 @@ def test_addresses_are_link_local_and_the_peer_is_reachable(ns: NetNamespace) ->
 
 
 def test_tcp_user_timeout_ends_a_socket_after_link_down(
-    ns: NetNamespace, capsys: pytest.CaptureFixture[str]
+    ns: NetNamespace, measured: Measured
 ) -> None:
     configured = 1.0
     sock = connect(ns, start_echo(ns), user_timeout_ms=int(configured * 1000))
     ns.link_down()
     elapsed, error = time_until_the_kernel_gives_up(sock)
     sock.close()
-    with capsys.disabled():
-        print(f"\nTCP_USER_TIMEOUT {configured:.3f} s -> ETIMEDOUT after {elapsed:.3f} s")
+    measured(f"raw socket, link down: TCP_USER_TIMEOUT {configured:.3f} s -> {elapsed:.3f} s")
     assert error == errno.ETIMEDOUT
     assert configured * 0.9 <= elapsed < configured + 2.0
 
 
-def test_an_nft_drop_rule_blackholes_one_port_until_undone(ns: NetNamespace) -> None:
+def test_an_nft_drop_rule_blackholes_one_port_until_undone(
+    ns: NetNamespace, measured: Measured
+) -> None:
     port = start_echo(ns)
     sock = connect(ns, port, user_timeout_ms=500)
     ns.drop(port=port)
     elapsed, error = time_until_the_kernel_gives_up(sock)
     sock.close()
+    measured(f"raw socket, nft drop: TCP_USER_TIMEOUT 0.500 s -> {elapsed:.3f} s")
     assert error == errno.ETIMEDOUT
     assert elapsed >= 0.45
     ns.undrop()

@@ -113,6 +113,7 @@ async def test_passthrough_and_no_task_outlives_its_connection(
             assert proxy_tasks(live_tasks) == []  # ...and gone with it
         stats = proxy.statistics()
         assert stats.upstream_bytes_sent == stats.downstream_bytes_sent == 600_000
+        assert stats.connections_accepted == stats.upstream_connections == 3
     assert live_tasks.live == set(), live_tasks.names()
 
 
@@ -239,6 +240,8 @@ async def test_an_unreachable_upstream_resets_the_client(loopback_clock: MockClo
         with pytest.raises(trio.BrokenResourceError):
             await client.receive_some()
         await wait_for(lambda: proxy.statistics().connections_open == 0)
+        stats = proxy.statistics()
+        assert (stats.connections_accepted, stats.upstream_connections) == (1, 0)
 
 
 async def test_bad_arguments() -> None:

@@ -37,6 +37,15 @@ def test_quantile_is_the_order_statistic_of_the_last_samples(
     assert sum(v <= est.quantile(q) for v in kept) >= q * len(kept)
 
 
+def test_a_trimmed_mean_of_equal_samples_is_that_sample() -> None:
+    """Found by hypothesis: 0.025 three times summed and divided rounds above 0.025."""
+    est = SlidingQuantiles(8)
+    for _ in range(3):
+        est.add(0.025)
+    assert est.mean_up_to(0.99) == 0.025
+    assert est.summary(0.99)[4] == 0.025
+
+
 @given(values=samples, size=st.integers(min_value=2, max_value=70), q=levels)
 def test_summary_agrees_with_quantile_and_trimmed_mean(
     values: list[float], size: int, q: float

@@ -356,6 +356,60 @@ def test_a_trimmed_gap_is_a_reset_but_an_intact_one_is_not() -> None:
     assert [e.seq for e in kept.replay] == [2, 3]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    appended=st.lists(
+        st.tuples(st.text(max_size=30), st.floats(min_value=0.0, max_value=2.0)),
+        min_size=1,
+        max_size=20,
+    ),
+    have=st.integers(min_value=0, max_value=20),
+    max_messages=st.integers(min_value=1, max_value=25),
+    max_bytes=st.integers(min_value=1, max_value=2000),
+    max_age=st.floats(min_value=0.5, max_value=40.0),
+)
+def test_replay_limits_turn_exactly_the_resumes_beyond_them_into_resets(
+    appended: list[tuple[str, float]],
+    have: int,
+    max_messages: int,
+    max_bytes: int,
+    max_age: float,
+) -> None:
+    """A connection's own replay bounds: a reset iff the replay exceeds one of them.
+
+    Without limits (or with limits at least the log's), the outcome is what
+    the log alone decides; with them, an accepted resume's replay always
+    fits, and a resume the log would accept is reset only when it does not.
+    """
+    server, log, hello = _setup(max_messages=100, max_bytes=100_000, max_age=1000.0)
+    at = 1.0
+    for text, gap in appended:
+        at += gap
+        log.append(chat(text), now=at)
+    have = min(have, log.last_seq)
+    now = at + 0.5
+    limits = LogLimits(max_messages=max_messages, max_bytes=max_bytes, max_age=max_age)
+    token = hello.session.token
+    free = server.resume(request(token, "e1", have), log, room="lobby", identity="ann", now=now)
+    bounded = server.resume(
+        request(token, "e1", have), log, room="lobby", identity="ann", now=now, replay_limits=limits
+    )
+    assert isinstance(free, ResumeAccepted)  # the log's own bounds are wide
+    replay = free.replay
+    fits = (
+        len(replay) <= max_messages
+        and sum(e.size for e in replay) <= max_bytes
+        and (not replay or now - replay[0].at <= max_age)
+    )
+    if fits:
+        assert isinstance(bounded, ResumeAccepted)
+        assert [e.seq for e in bounded.replay] == [e.seq for e in replay]
+    else:
+        assert isinstance(bounded, ResumeReset)
+        assert bounded.reason is ResetReason.TRIMMED
+        assert bounded.seq == log.last_seq  # the fresh session starts at the head
+
+
 def test_seqs_before_the_session_or_after_the_head_are_refused() -> None:
     server = ResumeServer(key=KEY)
     log = RoomLog(epoch="e1")

@@ -49,3 +49,12 @@ async def echo(conn: trioheart.Connection) -> None:
 
 async def idle(conn: trioheart.Connection) -> None:
     await trio.sleep_forever()
+
+
+async def refused_port() -> int:
+    """A loopback port where nothing listens: every connect is refused at once."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port: int = listeners[0].socket.getsockname()[1]
+    for listener in listeners:
+        await listener.aclose()
+    return port

@@ -20,8 +20,10 @@ from trioheart.resume import (
     LogLimits,
     NewSession,
     RefuseReason,
+    ResetReason,
     ResumeAccepted,
     ResumeRefused,
+    ResumeReset,
     ResumeServer,
 )
 
@@ -166,3 +168,32 @@ async def test_the_metrics_say_what_the_broker_knows(broker: Broker) -> None:
     assert f'trioheart_broker_up{{broker="{kind}"}} 1.0' in text
     assert f'trioheart_broker_published_total{{broker="{kind}"}} 1.0' in text
     assert f'trioheart_broker_rooms{{broker="{kind}"}} 1.0' in text
+
+
+async def test_a_resume_past_the_log_bounds_is_a_reset_and_a_metric(broker: Broker) -> None:
+    """Issue 9: hitting the resume log's bounds is named (reset ``trimmed``) and counted."""
+    metrics = Metrics()
+    metrics.track_broker(broker)
+    kind = broker.statistics().kind
+    ann = FakeSubscriber("ann")
+    await broker.join("lobby", ann, identity="ann")
+    broker.leave("lobby", ann)
+    for i in range(LIMITS.max_messages + 10):  # the log keeps the last 50: 1-10 are gone
+        await broker.publish("lobby", chat(f"m{i}"))
+    trimmed = await broker.join(
+        "lobby", FakeSubscriber("back"), identity="ann", request=resume_request(ann.hello(), 0)
+    )
+    assert isinstance(trimmed, ResumeReset)
+    assert trimmed.reason is ResetReason.TRIMMED
+    refused = await broker.join("lobby", FakeSubscriber("bad"), request='{"type": "resume"}')
+    assert isinstance(refused, ResumeRefused)
+    text = metrics.render().decode()
+    assert f'trioheart_broker_resume_resets_total{{broker="{kind}",reason="trimmed"}} 1.0' in text
+    assert (
+        f'trioheart_broker_resume_resets_total{{broker="{kind}",reason="epoch_changed"}} 0.0'
+        in text
+    )
+    assert (
+        f'trioheart_broker_resume_refusals_total{{broker="{kind}",reason="malformed"}} 1.0' in text
+    )
+    assert f'trioheart_broker_resumes_accepted_total{{broker="{kind}"}} 0.0' in text

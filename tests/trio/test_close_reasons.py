@@ -341,6 +341,41 @@ async def test_shutdown_closes_every_connection_with_1001(
     assert reasons == ["server_shutdown", "server_shutdown"]
 
 
+async def test_cancelling_the_server_closes_every_connection_with_1001(
+    clock: MockClock, nursery: trio.Nursery, logs: list[dict[str, Any]]
+) -> None:
+    """Regression: a cancelled server closed its connections as internal_error (1011).
+
+    The reader, cancelled first, took the missing reason for a bug; the
+    documented ``server_shutdown`` (with the retry window) never went out.
+    """
+    from trioheart.backoff import RetryWindow
+
+    window = RetryWindow(earliest=1.0, latest=3.0)
+    scope = trio.CancelScope()
+
+    async def run_server(task_status: trio.TaskStatus[trioheart.Server]) -> None:
+        with scope:
+            await trioheart.serve(
+                idle, "127.0.0.1", 0, config=FAST, retry_window=window, task_status=task_status
+            )
+
+    server: trioheart.Server = await nursery.start(run_server)
+    async with connect(server.port) as a, connect(server.port) as b:
+        with trio.fail_after(10):
+            await server.wait_until(lambda s: s.connections_open == 2)
+        scope.cancel()
+        close_a = await a.run_until_closed()
+        close_b = await b.run_until_closed()
+    assert close_a is not None
+    assert close_b is not None
+    assert (close_a.code, close_b.code) == (1001, 1001)
+    assert RetryWindow.from_close_text(close_a.reason or "") == window
+    reasons = [event["reason"] for event in closed_events(logs)]
+    assert reasons == ["server_shutdown", "server_shutdown"]
+    assert server.statistics().closed == {"server_shutdown": 2}
+
+
 async def test_shutdown_is_bounded_when_peers_never_answer(
     clock: MockClock, start_server: StartServer
 ) -> None:
@@ -424,6 +459,46 @@ async def test_plain_http_is_served_and_not_counted(
     assert response.startswith(b"HTTP/1.1 200")
     assert response.endswith(b"hello you")
     assert server.statistics().closed == {}
+
+
+async def test_plain_http_answered_near_the_handshake_deadline_is_not_counted(
+    clock: MockClock, start_server: StartServer, logs: list[dict[str, Any]]
+) -> None:
+    # The answer goes out just before handshake_timeout (a slow handler, or
+    # a server under load); the lingering close after it runs past the
+    # deadline. A served request is not a close, whenever its linger ends.
+    async def slow_http(request: trioheart.HttpRequest) -> trioheart.HttpResponse | None:
+        await trio.sleep(4.5)  # FAST.handshake_timeout is 5
+        return trioheart.HttpResponse.text(200, "late but whole")
+
+    server = await start_server(echo, config=FAST, http_handler=slow_http)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = b""
+    while chunk := await stream.receive_some(65536):
+        response += chunk
+    assert response.endswith(b"late but whole")
+    await trio.sleep(2)  # we never close our side: the server's linger times out
+    assert server.statistics().closed == {}
+    assert closed_events(logs) == []
+    await stream.aclose()
+
+
+async def test_a_refusal_near_the_handshake_deadline_is_counted_once(
+    clock: MockClock, start_server: StartServer, logs: list[dict[str, Any]]
+) -> None:
+    server = await start_server(echo, config=FAST)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await trio.sleep(4.8)  # FAST.handshake_timeout is 5
+    await stream.send_all(b"garbage\r\n\r\n")
+    response = b""
+    while chunk := await stream.receive_some(65536):
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 400")
+    await trio.sleep(2)  # we never close our side: the server's linger times out
+    assert server.statistics().closed == {"handshake_failed": 1}
+    assert [event["reason"] for event in closed_events(logs)] == ["handshake_failed"]
+    await stream.aclose()
 
 
 async def test_shutdown_announces_when_to_come_back(

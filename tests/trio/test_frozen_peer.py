@@ -13,6 +13,7 @@ import trio
 import trioheart
 from trioheart import CloseReason, ConnectionConfig, DetectorConfig
 
+from ..conftest import Measured
 from .conftest import StartServer, idle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ SLACK = 0.5
 
 
 async def test_sigstopped_client_is_closed_as_pong_timeout_within_the_bound(
-    start_server: StartServer,
+    start_server: StartServer, measured: Measured
 ) -> None:
     config = ConnectionConfig(
         heartbeat=DetectorConfig(ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT)
@@ -53,12 +54,18 @@ async def test_sigstopped_client_is_closed_as_pong_timeout_within_the_bound(
         os.kill(process.pid, signal.SIGCONT)
         process.kill()
         await process.wait()
-    print(
-        f"\nfrozen peer closed as {reason.value} after {elapsed:.3f} s "
-        f"(bound: interval {PING_INTERVAL} + timeout {PING_TIMEOUT} = "
-        f"{PING_INTERVAL + PING_TIMEOUT} s)"
+    stats = conn.liveness()
+    measured(
+        f"SIGSTOPped client closed as {reason.value} {elapsed:.3f} s after the freeze "
+        f"(bound: interval {PING_INTERVAL} + ping timeout {PING_TIMEOUT} + slack {SLACK} = "
+        f"{PING_INTERVAL + PING_TIMEOUT + SLACK} s; window {stats.window:.3f} s, late polls "
+        f"taken as local stalls {stats.late_polls}, stall extension "
+        f"{stats.stall_extension_total:.3f} s)"
     )
     assert reason is CloseReason.PONG_TIMEOUT
+    # Not before the pong window of the first ping the frozen client missed...
+    assert elapsed >= PING_TIMEOUT
+    # ...and within interval + timeout of its last sign of life (before the freeze).
     assert elapsed <= PING_INTERVAL + PING_TIMEOUT + SLACK
     assert conn.tcp_info is not None
     # L4 evidence: the kernel saw nothing wrong (no retransmissions were needed).

@@ -13,7 +13,7 @@ from trio.testing import MockClock
 import trioheart
 from trioheart import ConnectionConfig, DetectorConfig
 
-from ..conftest import LiveTasks
+from ..conftest import LiveTasks, Measured
 from .conftest import StartServer
 from .wsclient import connect
 
@@ -40,7 +40,7 @@ def _garbage() -> bytes:
     return b"\x82\x85" + os.urandom(4) + b"\x00" * 5 + b"\xff" * 8  # a frame, then no opcode
 
 
-async def _one(port: int, way: str) -> None:
+async def _one(port: int, way: str, codes: list[int] | None = None) -> None:
     if way == "handshake_timeout":
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(b"GET /ws HTTP/1.1\r\n")
@@ -61,7 +61,9 @@ async def _one(port: int, way: str) -> None:
             await client.send_raw(_garbage())
         elif way == "message_too_big":
             await client.send("y" * 2000)
-        await client.run_until_closed()
+        close = await client.run_until_closed()
+        if codes is not None and close is not None:
+            codes.append(close.code)
 
 
 WAYS = [
@@ -76,7 +78,7 @@ WAYS = [
 
 
 async def test_hundreds_of_connections_ending_every_way_leave_no_task(
-    clock: MockClock, live_tasks: LiveTasks, start_server: StartServer
+    clock: MockClock, live_tasks: LiveTasks, start_server: StartServer, measured: Measured
 ) -> None:
     server = await start_server(handler, config=CONFIG)
     baseline = set(live_tasks.live)
@@ -106,12 +108,28 @@ async def test_hundreds_of_connections_ending_every_way_leave_no_task(
     assert closed == {way: PER_WAY for way in WAYS}, closed
 
     # Server shutdown as the last way: open more, then close the server.
-    async with trio.open_nursery() as clients:
-        for _ in range(PER_WAY):
-            clients.start_soon(_one, server.port, "server_shutdown")
-        await server.wait_until(lambda s: s.connections_open == PER_WAY)
-        await server.aclose()
+    codes: list[int] = []
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as clients:
+            for _ in range(PER_WAY):
+                clients.start_soon(_one, server.port, "server_shutdown", codes)
+            await server.wait_until(lambda s: s.connections_open == PER_WAY)
+            started = trio.current_time()
+            await server.aclose()
+            drained_in = trio.current_time() - started
     assert server.statistics().closed["server_shutdown"] == PER_WAY
+    # Each got a 1001 close frame, within the drain bound, and one event.
+    assert codes == [1001] * PER_WAY
+    assert drained_in <= server.drain_timeout
+    events = [e for e in logs if e["event"] == "connection.closed"]
+    assert collections.Counter(e["reason"] for e in events) == {"server_shutdown": PER_WAY}
+    assert len({e["conn_id"] for e in events}) == PER_WAY
     await trio.testing.wait_all_tasks_blocked()
     leftover = [t for t in live_tasks.live if t not in baseline]
     assert not leftover, [t.name for t in leftover]
+    measured(
+        f"{PER_WAY * (len(WAYS) + 1)} connections ending {len(WAYS) + 1} ways "
+        f"({', '.join(WAYS)}, server_shutdown): {live_tasks.spawned - spawned_before} "
+        f"tasks spawned (server and clients), {len(leftover)} left; shutdown of "
+        f"{PER_WAY} drained in {drained_in:.3f} s (virtual; bound {server.drain_timeout} s)"
+    )

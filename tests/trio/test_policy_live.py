@@ -59,8 +59,14 @@ async def test_interval_changes_at_the_next_beat_and_metrics_count_revisions(
             await nursery.start(client, group)
         await server.wait_until(lambda s: s.connections_open == 2)
         await trio.sleep(25)  # mobile pinged at 10 and 20, desktop at 20
-        assert store.update(policy(V1.replace("ping_interval = 10", "ping_interval = 4"), 2))
+        windows = {c.query["group"]: c.liveness().window for c in server.connections}
+        assert windows == {"mobile": 20, "desktop": 20}  # max_window, before 4 RTT samples
+        v2 = V1.replace("ping_interval = 10", "ping_interval = 4\nmax_window = 3")
+        assert store.update(policy(v2, 2))
         await server.wait_until(lambda s: s.policy_revisions == {2: 2})
+        # The window bound changes too, for the matching connection only.
+        windows = {c.query["group"]: c.liveness().window for c in server.connections}
+        assert windows == {"mobile": 3, "desktop": 20}
         await trio.sleep(20)
 
     start = pings["mobile"][0] - 10

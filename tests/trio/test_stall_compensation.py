@@ -71,4 +71,11 @@ async def test_a_local_stall_is_not_blamed_on_the_peer(
         assert client.pings == 5
     else:
         assert conn.close_reason is CloseReason.PONG_TIMEOUT
-    assert "trioheart_loop_stalls_total 0.0" not in metrics.render().decode()
+    # The stall is a metric too (a bare "not 0.0" check would also pass if
+    # the counter were missing from the exposition).
+    [stalls] = [
+        line
+        for line in metrics.render().decode().splitlines()
+        if line.startswith("trioheart_loop_stalls_total ")
+    ]
+    assert float(stalls.split()[1]) >= 1

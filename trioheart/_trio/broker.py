@@ -102,6 +102,7 @@ class EmbeddedBroker:
         *,
         identity: str = "",
         request: str | Mapping[str, Any] | None = None,
+        replay_limits: LogLimits | None = None,
     ) -> NewSession | ResumeOutcome:
         """See :meth:`Broker.join <trioheart.broker.Broker.join>`. Always a checkpoint."""
         await trio.lowlevel.checkpoint()
@@ -111,7 +112,9 @@ class EmbeddedBroker:
         if request is None:
             outcome = the_room.join(subscriber, identity=identity, now=now)
         else:
-            outcome = the_room.resume(subscriber, request, identity=identity, now=now)
+            outcome = the_room.resume(
+                subscriber, request, identity=identity, now=now, replay_limits=replay_limits
+            )
         if outcome.goes_live:
             self._empty_since.pop(room, None)
             try:

@@ -118,9 +118,11 @@ class Connection:
         "_initial_data",
         "_metrics",
         "_nursery",
+        "_on_cancel",
         "_partial",
         "_partial_size",
         "_peer_close_code",
+        "_peer_close_text",
         "_pending",
         "_pong_lot",
         "_proto",
@@ -156,6 +158,7 @@ class Connection:
         metrics: Metrics | None,
         conn_id: str | None = None,
         initial_data: bytes = b"",
+        on_cancel: CloseReason = CloseReason.SERVER_SHUTDOWN,
     ) -> None:
         now = trio.current_time()
         #: A process-unique id, the ``conn_id`` of every log event.
@@ -213,6 +216,10 @@ class Connection:
         #: it to carry a retry window), or ``None`` for the reason's name.
         self.shutdown_text: str | None = None
         self._peer_close_code: int | None = None
+        self._peer_close_text: str | None = None
+        # Why we close when cancelled from outside: the server going away,
+        # or (for a client) the application leaving.
+        self._on_cancel = on_cancel
         self._close_at = float("inf")
         self._closed_event: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
@@ -250,6 +257,16 @@ class Connection:
     def peer_close_code(self) -> int | None:
         """The code of the close frame the peer sent, if it sent one."""
         return self._peer_close_code
+
+    @property
+    def peer_close_text(self) -> str | None:
+        """The reason text of the close frame the peer sent, if it sent one.
+
+        A trioheart server going away puts its retry window here
+        (``server_shutdown; retry=A..B``, see
+        :meth:`RetryWindow.from_close_text <trioheart.backoff.RetryWindow.from_close_text>`).
+        """
+        return self._peer_close_text
 
     def liveness(self) -> DetectorStatistics:
         """The heartbeat's current view: RTT samples, window, interval, health."""
@@ -470,8 +487,8 @@ class Connection:
         finally:
             self._nursery = None
             # Only a cancellation from outside leaves no reason: the server
-            # is going away.
-            self._begin_close(CloseReason.SERVER_SHUTDOWN)
+            # is going away (or, for a client, the application is leaving).
+            self._begin_close(self._on_cancel)
             with trio.CancelScope(shield=True):
                 await self._finish()
 
@@ -582,6 +599,11 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reason, detail = _reason_for_transport_error(exc)
             self._begin_close(reason, detail=detail)
+        except trio.Cancelled:
+            # Cancelled from outside before any reason: the server is going
+            # away (or the client's application is leaving), as run() says.
+            self._begin_close(self._on_cancel)
+            raise
         finally:
             # Whatever ended the reading ends the connection: the handler and
             # any task it started in our nursery.
@@ -693,12 +715,14 @@ class Connection:
             return True
         if state is ConnectionState.REMOTE_CLOSING:
             self._peer_close_code = int(event.code)
+            self._peer_close_text = event.reason or ""
             self._begin_close(
                 CloseReason.PEER_CLOSED, code=int(event.code), detail=event.reason or ""
             )
             return True
         # CLOSED: the peer answered our close frame.
         self._peer_close_code = int(event.code)
+        self._peer_close_text = event.reason or ""
         return True
 
     def _on_pong(self, payload: bytes | bytearray, now: float) -> None:

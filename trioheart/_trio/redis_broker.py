@@ -320,6 +320,7 @@ class RedisBroker:
         *,
         identity: str = "",
         request: str | Mapping[str, Any] | None = None,
+        replay_limits: LogLimits | None = None,
     ) -> NewSession | ResumeOutcome:
         """See :meth:`Broker.join <trioheart.broker.Broker.join>`.
 
@@ -340,7 +341,9 @@ class RedisBroker:
         if request is None:
             outcome = mirror.join(subscriber, identity=identity, now=now)
         else:
-            outcome = mirror.resume(subscriber, request, identity=identity, now=now)
+            outcome = mirror.resume(
+                subscriber, request, identity=identity, now=now, replay_limits=replay_limits
+            )
         if outcome.goes_live:
             self._idle_since.pop(room, None)
             try:

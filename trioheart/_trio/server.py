@@ -184,6 +184,8 @@ class Server:
 
         Args:
           limit: The most connections listed; the least healthy come first.
+            ``0`` lists none and skips the walk over the connections, for a
+            cheap poll of the totals.
 
         Returns:
           ``open`` (count), ``closed`` (totals by reason), ``recent_closes``
@@ -193,7 +195,7 @@ class Server:
         """
         now = trio.current_time()
         rows = []
-        for conn in self._connections:
+        for conn in self._connections if limit > 0 else ():
             stats = conn.liveness()
             rows.append(
                 {
@@ -586,19 +588,25 @@ async def _lingering_close(stream: trio.SocketStream) -> None:
     Closing a socket with unread bytes makes the kernel send RST, which can
     destroy the response before the client reads it. So: half-close, then
     read and discard what the client still sends, bounded in time and bytes.
+
+    Shielded from the caller's deadline, which it bounds by itself: the
+    response is out and its close counted (or, for plain HTTP, not counted)
+    already, so the handshake deadline expiring during the linger must not
+    make it a second close, ``handshake_timeout``.
     """
-    with trio.move_on_after(_LINGER_SECONDS):
-        try:
-            await stream.send_eof()
-            discarded = 0
-            while discarded < _LINGER_BYTES:
-                chunk = await stream.receive_some(_READ)
-                if not chunk:
-                    break
-                discarded += len(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-    await trio.aclose_forcefully(stream)
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(_LINGER_SECONDS):
+            try:
+                await stream.send_eof()
+                discarded = 0
+                while discarded < _LINGER_BYTES:
+                    chunk = await stream.receive_some(_READ)
+                    if not chunk:
+                        break
+                    discarded += len(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(stream)
 
 
 def _raw_response(response: HttpResponse, headers: list[tuple[str, str]]) -> bytes:

@@ -43,6 +43,10 @@ class ProxyStatistics:
     connections_open: int
     #: Connections accepted since the proxy started.
     connections_accepted: int
+    #: Connections made to the upstream server since the proxy started: one
+    #: per accepted connection, except those whose upstream was unreachable
+    #: or that ended (e.g. the proxy went down) before the connect returned.
+    upstream_connections: int
     #: Bytes written to the upstream server (client to server).
     upstream_bytes_sent: int
     #: Bytes written to clients (server to client).
@@ -164,6 +168,7 @@ class Proxy:
         self._listener: trio.SocketListener | None = None
         self._accept_scope: trio.CancelScope | None = None
         self._accepted = 0
+        self._upstream_connections = 0
         self._totals = {Stream.UPSTREAM: 0, Stream.DOWNSTREAM: 0}
         self._dropped = 0
         self.control_address: Address | None = None
@@ -237,6 +242,7 @@ class Proxy:
             enabled=self._enabled,
             connections_open=len(self._connections),
             connections_accepted=self._accepted,
+            upstream_connections=self._upstream_connections,
             upstream_bytes_sent=totals[Stream.UPSTREAM],
             downstream_bytes_sent=totals[Stream.DOWNSTREAM],
             bytes_dropped=dropped,
@@ -452,6 +458,7 @@ class Proxy:
                 if server is None:
                     conn.close = Close(reset=True, cause="upstream_unreachable")
                     return
+                self._upstream_connections += 1
                 now = trio.current_time()
                 engine = LinkEngine(
                     now=now,
