@@ -32,16 +32,19 @@ The model
   every configuration.
 * Time is scaled: every duration of the scenario and of a configuration
   (the heartbeat's interval, window, floors and stall allowances, the
-  keepalive, the reconnect backoff) is divided by ``--factor`` (30 by
-  default: the simulated hour takes 120 s, the 60 s NAT timeout 2 s).
+  keepalive, the reconnect backoff) is divided by ``--factor`` (10 by
+  default: the simulated hour takes 6 minutes, the 60 s NAT timeout 6 s).
   TCP keepalive options are whole seconds, so scaled keepalive values are
-  rounded up (the seed's 45 s becomes 2 s, Linux's 7200 s 240 s, still
-  never within the hour); through a user-space proxy they do not matter
-  (below). Not scaled: the handshake and close timeouts (they bound work
+  rounded up (trioheart's 30 s/10 s/60 s become exactly 3 s/1 s/6 s, the
+  seed's 45 s becomes 5 s, Linux's 7200 s 720 s: never within the hour);
+  through a user-space proxy they do not matter (below).
+* The three configurations run at the same time, each in its own process
+  with its own event loop, so they share the machine's conditions.
+* Not scaled: the handshake and close timeouts (they bound work
   on this machine) and the resume log's lifetimes (120 s and 300 s,
   longer than any outage here, scaled or not).
-* Everything runs in one process on real time, so the results hold only
-  if the event loop kept up: the report gives the schedule's lateness,
+* Everything runs on real time, so the results hold only if each
+  configuration's event loop kept up: the report gives the schedule's lateness,
   the loop's stalls and the CPU used, and the program warns when the
   lateness is a noticeable part of the NAT timeout (a busy machine: run
   it again, or with a smaller ``--factor``).
@@ -99,6 +102,7 @@ import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -142,7 +146,7 @@ def _progress(message: str) -> None:
 class Scenario:
     """The workload, in simulated seconds, and the time factor."""
 
-    factor: float = 30.0
+    factor: float = 10.0
     duration: float = HOUR
     clients: int = 60
     room_size: int = 3
@@ -747,17 +751,24 @@ class Bench:
                 await self.changed.park()
         end = trio.current_time()
         silent = self._silent(server)
+        rows = server.health_snapshot(limit=10 * s.clients)["connections"]
+        assert isinstance(rows, list)
+        windows = sorted(float(row["window_s"]) * s.factor for row in rows)
         if self.setup.resume:
             # Resume owes a client still recovering everything it missed:
             # give it (boundedly) the time to finish before counting.
             with trio.move_on_after(SETTLE):
                 while not all(self._settled(rec) for rec in self.records):
                     await self.changed.park()
-        return self._collect(server, silent=silent, end=end, start=start)
+        return self._collect(server, silent=silent, windows=windows, end=end, start=start)
 
     def _working(self, rec: ClientRecord) -> bool:
-        """Whether the client's current connection delivered the probe (or began after it)."""
-        if not rec.live:
+        """Whether the client's current connection delivered the probe (or began after it).
+
+        A resumed connection picks up at the room's head, after its replay:
+        it counts only once the replay is delivered.
+        """
+        if not rec.live or rec.replay_left > 0:
             return False
         return rec.probe_connection == rec.connections or rec.live_seq >= self.probe_seq[rec.room]
 
@@ -780,7 +791,13 @@ class Bench:
         return silent
 
     def _collect(
-        self, server: trioheart.Server, *, silent: int, end: float, start: float
+        self,
+        server: trioheart.Server,
+        *,
+        silent: int,
+        windows: list[float],
+        end: float,
+        start: float,
     ) -> dict[str, Any]:
         f = self.s.factor
         published: dict[str, set[str]] = {}
@@ -887,6 +904,7 @@ class Bench:
             "recovery_median_s": statistics.median(recovery) if recovery else None,
             "recovery_max_s": recovery[-1] if recovery else None,
             "recovery_mean_scaled_s": statistics.fmean(recovery) / f if recovery else None,
+            "server_pong_window_median_s": statistics.median(windows) if windows else None,
             "client_noticed_s": noticed,
             "server_noticed_s": sorted(server_noticed),
             "server_close_reasons_after_loss": dict(server_reasons),
@@ -912,11 +930,39 @@ def _quantile(values: Sequence[float], q: float) -> float:
 # Report
 
 
-def run(scenario: Scenario, quick: bool, only: Sequence[str] = ()) -> dict[str, Any]:
+def _configure_logging() -> None:
     from trioheart.log import configure_logging
 
     # Errors only: the stall monitor's warnings are counted in the report instead.
     configure_logging(json=False, level=40, stream=sys.stderr)
+
+
+def run_one(scenario: Scenario, key: str) -> dict[str, Any]:
+    """Run one configuration (in a worker process): the whole simulated hour."""
+    _configure_logging()
+    plan = make_plan(scenario)
+    [setup] = [s for s in make_setups(scenario) if s.key == key]
+    started = time.perf_counter()
+    cpu = time.process_time()
+    result = trio.run(Bench(scenario, setup, plan).run)
+    result["cpu_s"] = time.process_time() - cpu
+    result["wall_s"] = time.perf_counter() - started
+    _progress(
+        f"{setup.key}: survival {result['survival']:.0%}, silent {result['silent_losses']}, "
+        f"lost {result['messages_lost']}, recovery mean "
+        f"{_fmt(result['recovery_mean_s'])} s ({result['wall_s']:.0f} s)"
+    )
+    return result
+
+
+def run(scenario: Scenario, quick: bool, only: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the configurations side by side, one process each, and build the report.
+
+    Side by side, the configurations share the machine's conditions (and
+    the run takes one scaled hour, not three); each process has its own
+    event loop, so one configuration's load does not delay another's.
+    """
+    _configure_logging()
     plan = make_plan(scenario)
     setups = [s for s in make_setups(scenario) if not only or s.key in only]
     messages = sum(1 for e in plan.events if e.kind != "forget")
@@ -924,23 +970,12 @@ def run(scenario: Scenario, quick: bool, only: Sequence[str] = ()) -> dict[str, 
     _progress(
         f"{scenario.clients} clients in {len(plan.rooms)} rooms, {messages} messages and "
         f"{forgets} planned mapping losses in {scenario.duration / 60:.0f} simulated minutes; "
-        f"time factor {scenario.factor:g}: {scenario.real(scenario.duration):.1f} s per "
-        "configuration"
+        f"time factor {scenario.factor:g}: the configurations run side by side for "
+        f"{scenario.real(scenario.duration + scenario.drain):.0f} s"
     )
-    results = []
-    for setup in setups:
-        started = time.perf_counter()
-        cpu = time.process_time()
-        _progress(f"{setup.label} ...")
-        result = trio.run(Bench(scenario, setup, plan).run)
-        result["cpu_s"] = time.process_time() - cpu
-        result["wall_s"] = time.perf_counter() - started
-        results.append(result)
-        _progress(
-            f"{setup.key}: survival {result['survival']:.0%}, silent {result['silent_losses']}, "
-            f"lost {result['messages_lost']}, recovery mean "
-            f"{_fmt(result['recovery_mean_s'])} s ({time.perf_counter() - started:.0f} s)"
-        )
+    with ProcessPoolExecutor(max_workers=len(setups)) as pool:
+        futures = [pool.submit(run_one, scenario, setup.key) for setup in setups]
+        results = [future.result() for future in futures]
     command = "python -m benchmarks.nat_survival" + (" --quick" if quick else "")
     if not quick and scenario != FULL:
         command += f" --factor {scenario.factor:g} --clients {scenario.clients}"
@@ -987,15 +1022,17 @@ def run(scenario: Scenario, quick: bool, only: Sequence[str] = ()) -> dict[str, 
         "targets_trioheart": {
             "no_message_lost": ours["messages_lost"] == 0,
             "no_silent_loss": ours["silent_losses"] == 0,
-            "mean_recovery_under_1s_scaled": ours["recovery_mean_scaled_s"] is not None
-            and ours["recovery_mean_scaled_s"] < 1.0,
+            # Issue 5: "mean recovery < 1 s (scaled)", for its example factor of 60
+            # (1 s of NAT idle): under one NAT idle timeout, whatever the factor.
+            "mean_recovery_under_one_nat_timeout": ours["recovery_mean_s"] is not None
+            and ours["recovery_mean_s"] < NAT_IDLE,
         },
         "configurations": results,
     }
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _recovery_cell(row: dict[str, Any]) -> str:
@@ -1019,9 +1056,9 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 row["label"],
-                seed["survival"] or "-",
-                seed["silent"] or "-",
-                seed["recovery"] or "-",
+                seed["survival"] or "n/a",
+                seed["silent"] or "n/a",
+                seed["recovery"] or "n/a",
                 f"{row['survival']:.0%}",
                 f"{row['survival_without_forced_loss']:.0%}",
                 f"{row['silent_losses']} ({row['silent_loss_rate']:.0%})",
@@ -1074,10 +1111,11 @@ def write_rst(report: dict[str, Any], path: Path) -> None:
         "   :header-rows: 1",
         "",
     ]
-    for i, row in enumerate([HEADERS, *_rows(report)]):
+    for row in [HEADERS, *_rows(report)]:
         for j, cell in enumerate(row):
-            lines.append(("   * - " if j == 0 else "     - ") + cell)
-        del i
+            # "(1) ..." would start an enumerated list.
+            escaped = "\\" + cell if cell.startswith("(") else cell
+            lines.append(("   * - " if j == 0 else "     - ") + escaped)
     lines += [
         "",
         f"{sc['clients']} clients in {sc['rooms']} rooms, {sc['messages_planned']} messages, "
@@ -1100,12 +1138,15 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     labels = [f"({i + 1})" for i in range(len(rows))]
     fig, (left, mid, right) = plt.subplots(1, 3, figsize=(13, 4.2))
     survival = [100 * r["survival"] for r in rows]
+    unhit = [100 * r["survival_without_forced_loss"] for r in rows]
     silent = [100 * r["silent_loss_rate"] for r in rows]
     x = range(len(rows))
-    left.bar([i - 0.2 for i in x], survival, width=0.4, label="survival (this run)")
-    left.bar([i + 0.2 for i in x], silent, width=0.4, label="silent losses (this run)")
-    left.plot([-0.2, 0.8], [63, 99.2], "k*", markersize=12, label="seed: survival")
-    left.plot([0.2], [37], "rx", markersize=10, label="seed: silent loss")
+    w = 0.27
+    left.bar([i - w for i in x], survival, width=w, label="survival")
+    left.bar(list(x), unhit, width=w, label="survival, no forced loss")
+    left.bar([i + w for i in x], silent, width=w, label="silent losses")
+    left.plot([-w, 1 - w], [63, 99.2], "k*", markersize=12, label="seed: survival")
+    left.plot([w], [37], "rx", markersize=10, label="seed: silent loss")
     left.set_xticks(list(x), labels)
     left.set_ylabel("% of clients")
     left.set_ylim(0, 135)
@@ -1150,7 +1191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--factor", type=float, help="the time factor (default 30; quick 120)")
+    parser.add_argument("--factor", type=float, help="the time factor (default 10; quick 120)")
     parser.add_argument("--clients", type=int, help="clients per configuration (default 60)")
     args = parser.parse_args(argv)
     scenario = QUICK if args.quick else FULL
