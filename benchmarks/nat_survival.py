@@ -7,7 +7,7 @@ hour behind NATs that forget a connection after 60-300 s of silence:
 kernel-default keepalive only (7200 s), 63 % of connections survive, 37 %
 are lost silently and recovery takes more than 90 s; keepalive 45 s plus a
 ping every 30 s, 99.2 % survive. This benchmark runs the same three-way
-comparison in one process, on loopback, with the seed's numbers beside ours.
+comparison on loopback, with the seed's numbers beside ours.
 
 The model
 ---------
@@ -19,10 +19,10 @@ The model
   packet in either direction the mapping is forgotten and every later
   packet, FIN and RST is dropped silently, both ways, for good.
 * Besides idle expiry, a NAT also forgets busy mappings (CGNAT table
-  pressure, gateway failover, a phone moving from Wi-Fi to LTE): with
-  ``--churn`` per client-hour (Poisson, seeded) the benchmark forgets the
-  mapping of the client's live connection at once (the toxic's timeout is
-  set to a microsecond until the client notices). Without it, a heartbeat
+  pressure, gateway failover, a phone moving from Wi-Fi to LTE): 0.4 times
+  per client-hour (Poisson, seeded) the benchmark forgets the mapping of
+  the client's live connection at once (the toxic's timeout is set to a
+  microsecond until the client notices). Without it, a heartbeat
   shorter than 60 s would keep every mapping forever and there would be no
   recovery to measure.
 * Each room gets messages at random times (Poisson, its mean gap drawn
@@ -44,10 +44,10 @@ The model
   on this machine) and the resume log's lifetimes (120 s and 300 s,
   longer than any outage here, scaled or not).
 * Everything runs on real time, so the results hold only if each
-  configuration's event loop kept up: the report gives the schedule's lateness,
-  the loop's stalls and the CPU used, and the program warns when the
-  lateness is a noticeable part of the NAT timeout (a busy machine: run
-  it again, or with a smaller ``--factor``).
+  configuration's event loop kept up: the report gives the schedule's
+  lateness, the loop's stalls and the CPU used, and the program warns
+  when the lateness is a noticeable part of the NAT timeout (a busy
+  machine: run it again, or with a smaller ``--factor``).
 
 The configurations
 ------------------
@@ -74,7 +74,10 @@ messages the server sent into dead paths; **messages lost end to end**
 probe, that the client never delivered, and client messages that never
 reached the room); **recovery** (from the moment the mapping was
 forgotten to the client being live again with everything it missed
-delivered), in simulated seconds.
+delivered), in simulated seconds. Before counting, the resuming
+configuration may take up to 30 more real seconds to finish recoveries
+under way (resume owes them every message); the silent losses are
+counted before that.
 
 Why keepalive does nothing here: the proxy is a user-space TCP endpoint,
 so the kernel's keepalive probes and ``TCP_USER_TIMEOUT`` end at the
