@@ -174,6 +174,8 @@ async def test_a_ping_stuck_behind_a_blocked_write_convicts_as_slow_consumer(
     server = await start_server(pusher, config=config)
     async with connect(server.port, answer_pings=False) as client:
         client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with trio.fail_after(5):
+            await server.wait_until(lambda s: s.connections_open == 1)
         [conn] = server.connections
         await trio.sleep_until(conn.opened_at + 31)  # ping at +20, deadline at +30
         assert conn.close_reason is trioheart.CloseReason.SLOW_CONSUMER
