@@ -126,6 +126,64 @@ async def test_silent_peer_is_closed_at_the_pong_deadline(
     assert any(e["event"] == "heartbeat.missed" for e in logs)
 
 
+async def test_a_write_queued_at_the_deadline_does_not_make_a_silent_peer_slow(
+    clock: MockClock, start_server: StartServer, logs: list[dict[str, Any]]
+) -> None:
+    """Regression: the app queued a message in the very tick the peer was convicted.
+
+    Our ping went out long before and the peer reads (its socket takes every
+    byte); it just never answers. The write of the new message had been
+    *scheduled*, not blocked, yet the conviction used to say slow_consumer
+    whenever the handler's wake-up ran first (Trio shuffles the tasks woken
+    at one instant, so about half the time). Found by benchmarks.nat_survival.
+    """
+
+    async def at_the_deadline(conn: trioheart.Connection) -> None:
+        # No inbound frame after the handshake: ping at +20, deadline at +30.
+        await trio.sleep_until(conn.opened_at + 30)
+        conn.send_nowait("news")
+        await trio.sleep_forever()
+
+    server = await start_server(at_the_deadline, config=FAST)
+    rounds = 16  # P(every round happened to pass before the fix) = 2**-16
+    for _ in range(rounds):
+        async with connect(server.port, answer_pings=False) as client:
+            close = await client.run_until_closed()
+        assert close is not None
+        assert close.reason == "pong_timeout"
+    with trio.fail_after(10):
+        await server.wait_until(lambda s: s.connections_open == 0)
+    assert server.statistics().closed == {"pong_timeout": rounds}
+    assert [e["reason"] for e in closed_events(logs)] == ["pong_timeout"] * rounds
+
+
+async def test_a_ping_stuck_behind_a_blocked_write_convicts_as_slow_consumer(
+    clock: MockClock, start_server: StartServer, logs: list[dict[str, Any]]
+) -> None:
+    """The peer is there at L4 but reads nothing: our ping never leaves, so no pong."""
+    config = ConnectionConfig(
+        heartbeat=DetectorConfig(ping_interval=20, ping_timeout=10),
+        send_timeout=1000,  # so that the heartbeat, not the write, gives up first
+        max_send_buffer=64 * 1024 * 1024,
+    )
+
+    async def pusher(conn: trioheart.Connection) -> None:
+        while True:
+            await conn.send("z" * 65536)
+
+    server = await start_server(pusher, config=config)
+    async with connect(server.port, answer_pings=False) as client:
+        client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with trio.fail_after(5):
+            await server.wait_until(lambda s: s.connections_open == 1)
+        [conn] = server.connections
+        await trio.sleep_until(conn.opened_at + 31)  # ping at +20, deadline at +30
+        assert conn.close_reason is trioheart.CloseReason.SLOW_CONSUMER
+    await wait_all_closed(server)
+    missed = [e for e in logs if e["event"] == "heartbeat.missed"]
+    assert [e["reason"] for e in missed] == ["slow_consumer"]
+
+
 async def test_any_inbound_frame_is_a_sign_of_life(
     clock: MockClock, start_server: StartServer
 ) -> None:

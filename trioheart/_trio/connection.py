@@ -103,6 +103,7 @@ class Connection:
 
     __slots__ = (
         "_app_detector",
+        "_app_ping_end",
         "_close_at",
         "_close_code",
         "_close_detail",
@@ -124,14 +125,17 @@ class Connection:
         "_peer_close_code",
         "_peer_close_text",
         "_pending",
+        "_ping_end",
         "_pong_lot",
         "_proto",
         "_read_scope",
+        "_sent_bytes",
         "_stream",
         "_write_broken",
         "_write_scope",
         "_writer_lot",
         "_writing",
+        "_writing_bytes",
         "closed_at",
         "conn_id",
         "headers",
@@ -207,6 +211,13 @@ class Connection:
         self._pending = bytearray()
         self._writing = False
         self._write_broken = False
+        # Where our byte stream stands: bytes the socket took, bytes in the
+        # write under way, and the stream offset just past each detector's
+        # latest ping. A ping whose end was not sent yet cannot be answered.
+        self._sent_bytes = 0
+        self._writing_bytes = 0
+        self._ping_end = 0
+        self._app_ping_end = 0
         self._write_scope: trio.CancelScope | None = None
         self._close_reason: CloseReason | None = None
         self._close_code = 0
@@ -654,6 +665,7 @@ class Connection:
         if action is Action.SEND_PING:
             ping_id = self._detector.on_ping_sent(now)
             self._pending += self._proto.send(Ping(payload=ping_id.to_bytes(8, "big")))
+            self._ping_end = self._stream_end()
             if self._metrics is not None:
                 self._metrics.pings_sent.inc()
                 self._metrics.pong_window.observe(self._detector.window)
@@ -668,14 +680,21 @@ class Connection:
                 self._pending += self._proto.send(
                     TextMessage(data=f'{{"type":"ping","id":{app_id}}}')
                 )
+                self._app_ping_end = self._stream_end()
         if self._pending and not self._writing:
             await self._flush()
         return self._close_reason is not None
 
+    def _stream_end(self) -> int:
+        """The offset in our outbound byte stream just past what is queued now."""
+        return self._sent_bytes + self._writing_bytes + len(self._pending)
+
     def _convict(self, reason: CloseReason, detector: LivenessDetector) -> None:
-        if self._pending and self._writing:
-            # Our bytes are stuck behind a write the peer does not read:
-            # the peer is alive at L4 but does not consume.
+        ping_end = self._ping_end if detector is self._detector else self._app_ping_end
+        if self._sent_bytes < ping_end:
+            # Our ping is stuck behind a write the peer does not read: the
+            # peer is alive at L4 but does not consume. (A write merely
+            # queued, or under way, after the ping went out says nothing.)
             reason = CloseReason.SLOW_CONSUMER
         _log.info(
             "heartbeat.missed",
@@ -852,6 +871,7 @@ class Connection:
             while self._pending and not self._write_broken:
                 data = bytes(self._pending)
                 self._pending.clear()
+                self._writing_bytes = len(data)
                 limit = trio.current_time() + self._config.send_timeout
                 with trio.CancelScope(
                     shield=True, deadline=limit if deadline is None else min(limit, deadline)
@@ -863,8 +883,11 @@ class Connection:
                         self._write_broken = True
                         reason, detail = _reason_for_transport_error(exc)
                         self._begin_close(reason, detail=detail)
+                    else:
+                        self._sent_bytes += len(data)
                     finally:
                         self._write_scope = None
+                        self._writing_bytes = 0
                 if scope.cancelled_caught:
                     self._write_broken = True
                     self._begin_close(
