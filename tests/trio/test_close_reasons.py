@@ -179,6 +179,13 @@ async def test_a_ping_stuck_behind_a_blocked_write_convicts_as_slow_consumer(
         [conn] = server.connections
         await trio.sleep_until(conn.opened_at + 31)  # ping at +20, deadline at +30
         assert conn.close_reason is trioheart.CloseReason.SLOW_CONSUMER
+        reason = await conn.wait_closed()
+    assert reason is trioheart.CloseReason.SLOW_CONSUMER
+    # The blocked write is given close_timeout once the close began, not the
+    # 1000 s of send_timeout: the whole close is bounded by close_timeout twice
+    # (the write in progress, then the final flush).
+    assert conn.closed_at is not None
+    assert conn.closed_at - (conn.opened_at + 30) <= 2 * config.close_timeout + 0.1
     await wait_all_closed(server)
     missed = [e for e in logs if e["event"] == "heartbeat.missed"]
     assert [e["reason"] for e in missed] == ["slow_consumer"]

@@ -527,6 +527,13 @@ class Connection:
             self._close_at = now
         if self._read_scope is not None:
             self._read_scope.deadline = min(self._read_scope.deadline, self._close_at)
+        if self._write_scope is not None:
+            # A write in progress may finish its frame, but a closing
+            # connection waits for it no longer than close_timeout, not the
+            # whole send_timeout.
+            self._write_scope.deadline = min(
+                self._write_scope.deadline, now + self._config.close_timeout
+            )
         if reason.sends_close_frame or reason is CloseReason.PEER_CLOSED:
             self._queue_close_frame(reason)
             if self._pending and not self._writing and self._nursery is not None:
