@@ -399,12 +399,20 @@ class TapBroker:
         return self.inner.limits
 
     async def join(
-        self, room: str, subscriber: Any, *, identity: str = "", request: Any = None
+        self,
+        room: str,
+        subscriber: Any,
+        *,
+        identity: str = "",
+        request: Any = None,
+        replay_limits: Any = None,
     ) -> Any:
         tap = Tap(subscriber)
         self._taps[subscriber] = tap
         try:
-            outcome = await self.inner.join(room, tap, identity=identity, request=request)
+            outcome = await self.inner.join(
+                room, tap, identity=identity, request=request, replay_limits=replay_limits
+            )
         except BaseException:
             self._taps.pop(subscriber, None)
             raise

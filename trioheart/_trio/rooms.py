@@ -84,9 +84,12 @@ async def join_room(
     if replay_limits is None and conn.policy is not None:
         replay_limits = conn.policy.policy.replay_limits()
     try:
-        outcome = await broker.join(
-            room, conn, identity=identity, request=request, replay_limits=replay_limits
-        )
+        if replay_limits is None:  # a broker written before replay_limits still works
+            outcome = await broker.join(room, conn, identity=identity, request=request)
+        else:
+            outcome = await broker.join(
+                room, conn, identity=identity, request=request, replay_limits=replay_limits
+            )
     except BrokerUnavailable as exc:
         conn.close(CloseReason.BROKER_UNAVAILABLE, str(exc))
         return None
