@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_runs import run_quick
 
 
 def test_the_quick_fanout_benchmark_writes_json_and_a_plot(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed: `bash scripts/dev system` installs it")
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fanout", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "fanout.json").read_text())
+    done, report = run_quick("fanout", tmp_path, timeout=180)
     assert (tmp_path / "fanout.png").stat().st_size > 1000
     assert {(r["broker"], r["nodes"]) for r in report["fanout"]} >= {("embedded", 1), ("redis", 1)}
     for row in report["fanout"]:

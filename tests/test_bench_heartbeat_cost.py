@@ -6,28 +6,17 @@ never how fast anything was: the machine is shared and the run is short.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_runs import run_quick
+
 CONFIGS = {"trioheart", "trioheart+metrics", "trio-websocket", "trio-websocket+naive", "websockets"}
 
 
 def test_the_quick_heartbeat_cost_benchmark_writes_json_and_a_plot(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.heartbeat_cost", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done, report = run_quick("heartbeat_cost", tmp_path, timeout=240)
     assert (tmp_path / "heartbeat_cost.png").read_bytes().startswith(b"\x89PNG")
     assert "list-table" in (tmp_path / "heartbeat_cost.rst").read_text()
-    report = json.loads((tmp_path / "heartbeat_cost.json").read_text())
     assert report["quick"] is True
     assert report["settings"]["ping_interval_s"] == 1.0
     sizes = report["settings"]["sizes"]

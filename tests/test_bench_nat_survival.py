@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_runs import run_quick
+
 KEYS = ["kernel_default", "seed_fix", "trioheart"]
 
 
 def test_the_quick_nat_survival_benchmark_writes_its_results(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.nat_survival", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done, report = run_quick("nat_survival", tmp_path, timeout=180)
     assert "re-create with: python -m benchmarks.nat_survival --quick" in done.stdout
     assert (tmp_path / "nat_survival.png").stat().st_size > 1000
     assert "list-table" in (tmp_path / "nat_survival.rst").read_text()
-    report = json.loads((tmp_path / "nat_survival.json").read_text())
     assert report["scenario"]["factor"] > 1
     rows = {row["configuration"]: row for row in report["configurations"]}
     assert list(rows) == KEYS

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_runs import run_quick
 
 
 def test_the_quick_reconnect_storm_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.reconnect_storm", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "reconnect_storm.json").read_text())
+    done, report = run_quick("reconnect_storm", tmp_path, timeout=240)
     assert (tmp_path / "reconnect_storm.png").stat().st_size > 1000
     assert "list-table" in (tmp_path / "reconnect_storm.rst").read_text()
     cases = {row["case"]: row for row in report["cases"]}

@@ -8,26 +8,14 @@ invariants, read from its JSON, not its timings.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.benchmark_runs import run_quick
 from trioheart import CloseReason
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_quick_soak_keeps_every_promise(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.soak", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    report = json.loads((tmp_path / "soak.json").read_text())
+    done, report = run_quick("soak", tmp_path, timeout=180, check=False)
     assert report["violations"] == [], done.stdout[-3000:] + done.stderr[-3000:]
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "soak.png").stat().st_size > 10_000
