@@ -563,11 +563,6 @@ class ResumingClient:
                 raise self._failure from self._failure.__cause__
             raise StopAsyncIteration from None
 
-    async def events(self) -> AsyncIterator[ClientEvent]:  # pragma: no cover - sugar
-        """The same as ``async for event in client``."""
-        async for event in self:
-            yield event
-
     # ------------------------------------------------------------------
     # Running
 
@@ -589,8 +584,6 @@ class ResumingClient:
         while True:
             url = self._urls[self._url_index % len(self._urls)]
             reason, detail, window, failure, fatal = await self._one_connection(url)
-            if self._protocol.state is not ClientState.IDLE:  # pragma: no cover
-                self._protocol.connection_lost()
             went_live = self._live
             self._live = False
             self._conn = None
